@@ -1,0 +1,74 @@
+"""One wrapper per outbound hop: circuit breaker, Prometheus RED metrics and a client span, in one place."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import Counter, Histogram
+
+from services.common.breaker import AsyncBreaker
+from services.common.errors import BreakerOpenError
+
+T = TypeVar("T")
+
+HOP_REQUESTS = Counter("openclaw_hop_requests_total", "Calls across a hop, by outcome.", ["hop", "outcome"])
+HOP_DURATION = Histogram(
+    "openclaw_hop_duration_seconds",
+    "Duration of calls across a hop.",
+    ["hop"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+class Hop:
+    """A named outbound hop (e.g. "executor.router") with its breaker, metrics and tracing."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        breaker: AsyncBreaker | None = None,
+        span_kind: SpanKind = SpanKind.CLIENT,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.breaker = breaker if breaker is not None else AsyncBreaker(name)
+        self._span_kind = span_kind
+        self._attributes = attributes or {}
+        self._tracer = trace.get_tracer("openclaw.hop")
+        self._ok = HOP_REQUESTS.labels(name, "ok")
+        self._error = HOP_REQUESTS.labels(name, "error")
+        self._open = HOP_REQUESTS.labels(name, "breaker_open")
+        self._duration = HOP_DURATION.labels(name)
+
+    @asynccontextmanager
+    async def guard(self, span_name: str | None = None, **attributes: Any) -> AsyncIterator[trace.Span]:
+        """Run the body as one call across this hop; yields the span so callers can add attributes."""
+        start = time.perf_counter()
+        with self._tracer.start_as_current_span(
+            span_name or self.name, kind=self._span_kind, attributes={**self._attributes, **attributes}
+        ) as span:
+            try:
+                async with self.breaker.guard():
+                    yield span
+            except BreakerOpenError as exc:
+                self._open.inc()
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                raise
+            except BaseException as exc:
+                self._error.inc()
+                self._duration.observe(time.perf_counter() - start)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                raise
+            self._ok.inc()
+            self._duration.observe(time.perf_counter() - start)
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Await fn(*args, **kwargs) across this hop."""
+        async with self.guard():
+            return await fn(*args, **kwargs)

@@ -1,0 +1,19 @@
+"""Settings every process shares; each service extends this with its own fields."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Read once at start-up from OPENCLAW_* environment variables; a bad value stops start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="OPENCLAW_", extra="ignore", frozen=True)
+
+    namespace: str = Field("openclaw", pattern=r"^[a-z][a-z0-9_.-]{0,40}$")
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    otlp_endpoint: str = ""
+    log_level: str = Field("info", pattern=r"^(?i)(debug|info|warning|error)$")
+    service_name: str = ""

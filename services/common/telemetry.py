@@ -1,0 +1,54 @@
+"""OpenTelemetry set-up and the carriers that move trace context across AMQP and gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+
+def setup_tracing(service: str, otlp_endpoint: str) -> TracerProvider:
+    """Install a tracer provider for this process; spans go to OTLP when an endpoint is set."""
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True), schedule_delay_millis=500
+            )
+        )
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def shutdown_tracing() -> None:
+    """Flush pending spans before the process exits."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.force_flush(5000)
+        provider.shutdown()
+
+
+def inject(carrier: MutableMapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write the current trace context (traceparent, tracestate) into a header dict."""
+    out: dict[str, Any] = dict(carrier or {})
+    propagate.inject(out)
+    return out
+
+
+def extract(carrier: Mapping[str, Any]) -> context.Context:
+    """Read trace context from headers (AMQP headers, gRPC metadata)."""
+    return propagate.extract(
+        {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in carrier.items()}
+    )
+
+
+def current_trace_id() -> str:
+    """The current trace id as 32 hex digits, or "" outside a trace."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
