@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -31,7 +32,9 @@ class _MetricsListener(pybreaker.CircuitBreakerListener):
 
 
 def _is_caller_error(exc: BaseException) -> bool:
-    """Errors the caller caused (bad input, unknown names) say nothing about the dependency's health."""
+    """Errors the caller caused (bad input, unknown names, walking away) say nothing about the dependency's health."""
+    if isinstance(exc, GeneratorExit | asyncio.CancelledError):
+        return True
     return isinstance(exc, OpenClawError) and not exc.retryable and exc.http_status < 500
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -59,6 +60,9 @@ class Hop:
             except BreakerOpenError as exc:
                 self._open.inc()
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
+                raise
+            except (GeneratorExit, asyncio.CancelledError):
+                HOP_REQUESTS.labels(self.name, "cancelled").inc()
                 raise
             except BaseException as exc:
                 self._error.inc()
