@@ -1,0 +1,208 @@
+"""Full-path benchmark: HTTP → gateway → RabbitMQ → executor → gRPC router → simulator → result.
+
+Method: the platform runs as real local processes (LocalStack, the same launcher as `openclaw run`), with a private
+namespace and free ports. One client process (this one, aiohttp, one connection per concurrent worker) runs
+closed-loop workers: each request submits a one-step workflow (`llm_call` on the simulated model `bench`) with
+POST /v1/tasks and then long-polls GET /v1/tasks/{id}?wait=30 until it has ended; the latency is the time for both.
+Each cell (concurrency × simulator latency) warms up for 2 s, then measures for --seconds; RPS = completed tasks /
+measured time; failures are counted, never retried. The same client also measures the simulator alone (one
+POST /v1/chat/completions per request) at the same settings: "added" is p50(full path) − p50(simulator alone),
+the cost of the platform itself at concurrency 1. Everything shares this machine's cores, client included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiohttp
+
+from openclaw.launcher import LocalStack, StackConfig, ensure_local_services
+from services.gateway.auth import mint_token
+
+WORKFLOW = {"name": "bench", "steps": [{"type": "llm_call", "params": {"model": "bench", "prompt": "ping"}}]}
+
+
+@dataclass
+class Cell:
+    target: str
+    concurrency: int
+    sim_latency_ms: int
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _task_once(session: aiohttp.ClientSession, base: str, headers: dict[str, str]) -> bool:
+    async with session.post(f"{base}/v1/tasks", json={"workflow": WORKFLOW}, headers=headers) as response:
+        if response.status != 202:
+            return False
+        task_id = (await response.json())["id"]
+    while True:
+        async with session.get(
+            f"{base}/v1/tasks/{task_id}", params={"wait": "30"}, headers=headers
+        ) as response:
+            body = await response.json()
+            if body["status"] in ("succeeded", "failed", "cancelled"):
+                return bool(body["status"] == "succeeded")
+
+
+async def _sim_once(session: aiohttp.ClientSession, base: str, headers: dict[str, str]) -> bool:
+    body = {"model": "bench", "messages": [{"role": "user", "content": "ping"}]}
+    async with session.post(f"{base}/v1/chat/completions", json=body, headers=headers) as response:
+        await response.read()
+        return response.status == 200
+
+
+async def _run_cell(
+    target: str, base: str, headers: dict[str, str], concurrency: int, seconds: float
+) -> Cell:
+    once = _task_once if target == "full_path" else _sim_once
+    latencies: list[float] = []
+    errors = 0
+    measuring = False
+    stop_at = 0.0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        while time.monotonic() < stop_at:
+            start = time.perf_counter()
+            try:
+                ok = await once(session, base, headers)
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            if measuring:
+                if ok:
+                    latencies.append((time.perf_counter() - start) * 1000)
+                else:
+                    errors += 1
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        stop_at = time.monotonic() + 2.0
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        measuring = True
+        began = time.monotonic()
+        stop_at = began + seconds
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.monotonic() - began
+    return Cell(
+        target,
+        concurrency,
+        0,
+        len(latencies),
+        errors,
+        len(latencies) / elapsed,
+        _pct(latencies, 0.5),
+        _pct(latencies, 0.99),
+    )
+
+
+async def _set_latency(sim_url: str, latency_ms: int) -> None:
+    url = f"{sim_url}/_sim/models/bench"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(url, json={"latency_ms": latency_ms}) as response,
+    ):
+        response.raise_for_status()
+
+
+async def _main(args: argparse.Namespace) -> list[Cell]:
+    cells: list[Cell] = []
+    tmp = tempfile.mkdtemp(prefix="openclaw-bench-")
+    config = StackConfig.isolated(f"bench{uuid.uuid4().hex[:6]}", f"{tmp}/log", f"{tmp}/storage")
+    config.executors = args.executors
+    config.extra_env = {"OPENCLAW_LOG_LEVEL": "warning"}
+    models = Path(tmp) / "models.yaml"
+    models.write_text(
+        "models:\n"
+        "  - name: bench\n    provider: openai\n    endpoint: ${OPENCLAW_SIMULATOR_URL}/v1\n"
+        "    max_concurrency: 1000\n"
+    )
+    config.extra_env["OPENCLAW_ROUTER_MODELS"] = str(models)
+    stack = LocalStack(config)
+    print(f"starting the platform ({args.executors} executor process(es)); logs in {tmp}/log", flush=True)
+    stack.start(progress=True)
+    try:
+        token = mint_token(
+            config.jwt_secret, tenant="bench", ttl_s=3600, issuer="openclaw", audience="openclaw-api"
+        )
+        headers = {"Authorization": f"Bearer {token}"}
+        for latency in args.latencies:
+            await _set_latency(config.simulator_url, latency)
+            for concurrency in args.concurrency:
+                for target, base in (
+                    ("simulator", f"{config.simulator_url}/v1"),
+                    ("full_path", config.gateway_url),
+                ):
+                    base_url = base if target == "full_path" else config.simulator_url
+                    print(f"  {target:<10} c={concurrency:<3} sim={latency}ms ...", end="", flush=True)
+                    cell = await _run_cell(target, base_url, headers, concurrency, args.seconds)
+                    cell.sim_latency_ms = latency
+                    cells.append(cell)
+                    print(
+                        f" {cell.rps:8.1f} req/s  p50 {cell.p50_ms:7.2f} ms  p99 {cell.p99_ms:7.2f} ms  errors {cell.errors}",
+                        flush=True,
+                    )
+    finally:
+        stack.stop()
+    return cells
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--latencies", type=int, nargs="+", default=[0, 50], help="simulator latency in ms")
+    parser.add_argument("--executors", type=int, default=1)
+    parser.add_argument("--out", default="bench/results/full_path.json")
+    args = parser.parse_args()
+    ensure_local_services()
+    cells = asyncio.run(_main(args))
+    print(
+        "\n| sim latency | concurrency | simulator alone req/s · p50 | full path req/s · p50 · p99 | added p50 |"
+    )
+    print("|---|---|---|---|---|")
+    for latency in args.latencies:
+        for concurrency in args.concurrency:
+            sim = next(
+                c
+                for c in cells
+                if c.target == "simulator" and c.concurrency == concurrency and c.sim_latency_ms == latency
+            )
+            full = next(
+                c
+                for c in cells
+                if c.target == "full_path" and c.concurrency == concurrency and c.sim_latency_ms == latency
+            )
+            print(
+                f"| {latency} ms | {concurrency} | {sim.rps:.0f} · {sim.p50_ms:.2f} ms | "
+                f"{full.rps:.0f} · {full.p50_ms:.2f} · {full.p99_ms:.2f} ms | {full.p50_ms - sim.p50_ms:+.2f} ms |"
+            )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"cells": [asdict(c) for c in cells], "args": vars(args)}, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
