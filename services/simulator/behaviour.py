@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -121,7 +122,7 @@ class BehaviourTable:
             return behaviour, Fault("error", behaviour.error_status)
         return behaviour, None
 
-    def update(self, model: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    def update(self, model: str, patch: object) -> dict[str, Any]:
         """Merge ``patch`` into the model's settings; raises ``BehaviourError`` and changes nothing if bad."""
         merged = validate_patch({**self._patches.get(model, {}), **validate_patch(patch)})
         self._apply(model, merged)
@@ -205,6 +206,28 @@ class BehaviourTable:
         if rng is None:
             rng = self._rngs[key] = random.Random(f"{self._seed}:{key}")
         return rng
+
+
+class ChunkSink(Protocol):
+    """Where a streamed reply goes (an aiohttp ``StreamResponse`` in practice)."""
+
+    async def write(self, data: bytes) -> None: ...
+
+
+async def play(sink: ChunkSink, chunks: Sequence[bytes], behaviour: Behaviour) -> bool:
+    """Write ``chunks`` paced by ``token_latency_ms``; False if ``stream_fail_after`` cut them short."""
+    delay = behaviour.token_latency_ms / 1000
+    fail_after = behaviour.stream_fail_after
+    if not delay and (fail_after is None or fail_after >= len(chunks)):
+        await sink.write(b"".join(chunks))
+        return True
+    for index, chunk in enumerate(chunks):
+        if fail_after is not None and index >= fail_after:
+            return False
+        if index and delay:
+            await asyncio.sleep(delay)
+        await sink.write(chunk)
+    return True
 
 
 class Stats:

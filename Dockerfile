@@ -1,0 +1,52 @@
+# syntax=docker/dockerfile:1
+# One image for every OpenClaw process; the command picks which one runs:
+#   python -m services.gateway | services.router | services.executor | services.simulator
+# Used by deploy/compose/compose.yaml and deploy/k8s/.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
+
+# Dependencies get their own layer, rebuilt only when pyproject.toml changes: install the project from an
+# empty skeleton, then remove the project itself and keep what it pulled in.
+COPY pyproject.toml README.md ./
+RUN mkdir openclaw services \
+    && touch openclaw/__init__.py services/__init__.py \
+    && pip install . \
+    && pip uninstall -y openclaw \
+    && rm -rf openclaw services build ./*.egg-info
+
+COPY . .
+# The gRPC stubs are generated, never committed: compile them before installing so they ship in the package,
+# then prove the installed package (not /src) imports them.
+RUN python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. proto/openclaw/v1/*.proto \
+    && pip install --no-deps . \
+    && cd / && python -I -c "import openclaw.v1.router_pb2_grpc, openclaw.v1.tasks_pb2, services"
+
+
+FROM ${PYTHON_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    OPENCLAW_STORAGE_ROOT=/var/lib/openclaw/storage
+# A fixed uid/gid (10001) so Kubernetes' runAsUser/fsGroup and compose's `user:` agree with the image.
+# The storage directory is created owned by that user so a fresh named volume inherits the ownership.
+RUN groupadd --system --gid 10001 openclaw \
+    && useradd --system --uid 10001 --gid openclaw --home-dir /home/openclaw --create-home \
+       --shell /usr/sbin/nologin openclaw \
+    && mkdir -p /var/lib/openclaw/storage /etc/openclaw \
+    && chown -R 10001:10001 /var/lib/openclaw
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /home/openclaw
+USER 10001:10001
+# gateway HTTP/gRPC, simulator, router gRPC/metrics, executor ops port
+EXPOSE 8080 50052 8090 50051 9102 9103
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "services.gateway"]

@@ -1,0 +1,245 @@
+"""Anthropic Messages wire format: ``POST /v1/messages`` (plain and SSE) and token counting."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from json.encoder import encode_basestring
+from typing import Any
+
+from aiohttp import web
+
+from services.simulator.behaviour import Behaviour, BehaviourTable, Fault, Stats, play
+from services.simulator.openai_api import SSE_HEADERS, break_off, read_json
+from services.simulator.reply import Reply, compose, prompt_tokens
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_response(status: int, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
+    """An error in Anthropic's shape: ``{"type": "error", "error": {"type", "message"}}``."""
+    kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return web.Response(
+        status=status, body=_encode(body).encode(), content_type="application/json", headers=headers
+    )
+
+
+def fault_response(fault: Fault, model: str) -> web.Response:
+    """The Anthropic answer to an injected fault."""
+    if fault.kind == "outage":
+        return error_response(503, f"[simulated] provider outage for model {model!r}")
+    if fault.kind == "rate_limited":
+        return error_response(
+            429,
+            f"[simulated] rate limit reached for model {model!r}; retry after {fault.retry_after_s}s",
+            headers={"Retry-After": str(fault.retry_after_s)},
+        )
+    return error_response(fault.status, f"[simulated] injected failure for model {model!r}")
+
+
+def _check(body: dict[str, Any]) -> str | None:
+    """A sentence naming the first problem in a Messages request, if any."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return "model: field required (a non-empty string)"
+    messages = body.get("messages")
+    if messages is None:
+        return "messages: field required"
+    if not isinstance(messages, list) or not messages:
+        return "messages: must be a non-empty array"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return f"messages.{index}: must be an object with a 'role'"
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+    ):
+        return "max_tokens: must be a positive integer"
+    if not isinstance(body.get("system", ""), str | list | None):
+        return "system: must be a string or an array of text blocks"
+    if not isinstance(body.get("stream", False), bool | None):
+        return "stream: must be a boolean"
+    if not isinstance(body.get("tools", []), list | None):
+        return "tools: must be an array"
+    return None
+
+
+def _forced_tool(body: dict[str, Any]) -> str | None:
+    """The tool a request forces (``tool_choice`` of type "tool" names it; "any" takes the first)."""
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if not tools or not isinstance(choice, dict):
+        return None
+    if choice.get("type") == "tool" and isinstance(choice.get("name"), str):
+        return str(choice["name"])
+    if choice.get("type") == "any" and isinstance(tools[0], dict) and isinstance(tools[0].get("name"), str):
+        return str(tools[0]["name"])
+    return None
+
+
+class AnthropicRoutes:
+    """Handlers for the Anthropic-compatible routes, bound to the behaviour table and the stats."""
+
+    def __init__(self, behaviours: BehaviourTable, stats: Stats) -> None:
+        self._behaviours = behaviours
+        self._stats = stats
+        self._ids = itertools.count(1)
+
+    def routes(self) -> list[web.RouteDef]:
+        """Messages and token counting."""
+        return [
+            web.post("/v1/messages", self.messages),
+            web.post("/v1/messages/count_tokens", self.count_tokens),
+        ]
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/messages``: a labelled reply, a forced tool use, or an injected fault."""
+        body = await read_json(request)
+        if isinstance(body, str):
+            self._stats.record("-", "bad_request")
+            return error_response(400, body)
+        problem = _check(body)
+        if problem is not None:
+            model = body.get("model")
+            self._stats.record(model if isinstance(model, str) and model else "-", "bad_request")
+            return error_response(400, problem)
+        model = body["model"]
+        behaviour, fault = self._behaviours.decide(model)
+        if behaviour.latency_ms:
+            await asyncio.sleep(behaviour.latency_ms / 1000)
+        if fault is not None:
+            self._stats.record(model, fault.kind)
+            return fault_response(fault, model)
+
+        messages: list[Any] = body["messages"]
+        reply = compose(model, messages, body.get("max_tokens"))
+        tool = _forced_tool(body)
+        message_id = f"msg_sim_{next(self._ids)}"
+        usage = {
+            "input_tokens": prompt_tokens(messages, body.get("system")),
+            "output_tokens": 2 if tool is not None else reply.tokens,
+        }
+        stop_reason = "tool_use" if tool is not None else "max_tokens" if reply.truncated else "end_turn"
+        if body.get("stream"):
+            events = _stream_events(message_id, model, reply, tool, usage, stop_reason)
+            return await self._stream(request, model, events, behaviour)
+
+        content: dict[str, Any] = (
+            {"type": "tool_use", "id": f"toolu_sim_{message_id[8:]}", "name": tool, "input": {}}
+            if tool is not None
+            else {"type": "text", "text": reply.text}
+        )
+        result = {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [content],
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        self._stats.record(model, "ok")
+        return web.Response(body=_encode(result).encode(), content_type="application/json")
+
+    async def _stream(
+        self, request: web.Request, model: str, events: list[bytes], behaviour: Behaviour
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        try:
+            complete = await play(response, events, behaviour)
+        except ConnectionResetError:
+            self._stats.record(model, "client_gone")
+            return response
+        if not complete:
+            break_off(request)
+        self._stats.record(model, "ok" if complete else "stream_broken")
+        return response
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        """``POST /v1/messages/count_tokens``: the simulated input token count."""
+        body = await read_json(request)
+        if isinstance(body, str):
+            return error_response(400, body)
+        problem = _check(body)
+        if problem is not None:
+            return error_response(400, problem)
+        tokens = {"input_tokens": prompt_tokens(body["messages"], body.get("system"))}
+        return web.Response(body=_encode(tokens).encode(), content_type="application/json")
+
+
+_TEXT_DELTA_OPENING = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":'
+)
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + _encode(data).encode() + b"\n\n"
+
+
+def _stream_events(
+    message_id: str, model: str, reply: Reply, tool: str | None, usage: dict[str, int], stop_reason: str
+) -> list[bytes]:
+    """Every SSE event of a streamed message, in the order the real API sends them."""
+    start: dict[str, Any] = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 0},
+    }
+    if tool is not None:
+        block: dict[str, Any] = {
+            "type": "tool_use",
+            "id": f"toolu_sim_{message_id[8:]}",
+            "name": tool,
+            "input": {},
+        }
+        delta = {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": "{}"},
+        }
+        deltas = [_event("content_block_delta", delta)]
+    else:
+        block = {"type": "text", "text": ""}
+        # Only the text is encoded per delta (this is the benchmark path).
+        deltas = [_TEXT_DELTA_OPENING + encode_basestring(p).encode() + b"}}\n\n" for p in reply.pieces]
+    events = [
+        _event("message_start", {"type": "message_start", "message": start}),
+        _event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}),
+        _event("ping", {"type": "ping"}),
+        *deltas,
+    ]
+    events += [
+        _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        _event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        ),
+        _event("message_stop", {"type": "message_stop"}),
+    ]
+    return events

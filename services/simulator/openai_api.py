@@ -1,0 +1,371 @@
+"""OpenAI wire format: chat completions (plain and SSE), embeddings and the model list."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import struct
+import time
+from collections.abc import Callable
+from json.encoder import encode_basestring
+from typing import Any
+
+from aiohttp import web
+
+from services.simulator.behaviour import Behaviour, BehaviourTable, Fault, Stats, play
+from services.simulator.reply import Reply, compose, count_tokens, embedding, prompt_tokens
+
+SYSTEM_FINGERPRINT = "openclaw-simulator"
+OWNER = "openclaw-simulator"
+DEFAULT_DIMENSIONS = 16
+MAX_DIMENSIONS = 8192
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    422: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """An error in OpenAI's shape: ``{"error": {"message", "type", "code", "param"}}``."""
+    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "code": code, "param": param}}
+    return web.Response(
+        status=status, body=_encode(body).encode(), content_type="application/json", headers=headers
+    )
+
+
+def fault_response(fault: Fault, model: str) -> web.Response:
+    """The OpenAI answer to an injected fault."""
+    if fault.kind == "outage":
+        return error_response(
+            503, f"[simulated] provider outage for model {model!r}", code="service_unavailable"
+        )
+    if fault.kind == "rate_limited":
+        return error_response(
+            429,
+            f"[simulated] rate limit reached for model {model!r}; retry after {fault.retry_after_s}s",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(fault.retry_after_s)},
+        )
+    return error_response(fault.status, f"[simulated] injected failure for model {model!r}", code="simulated")
+
+
+def break_off(request: web.Request) -> None:
+    """Close the socket mid-body: the chunked stream stays unterminated and the client sees an error."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+async def read_json(request: web.Request) -> dict[str, Any] | str:
+    """The request body as a JSON object, or a sentence saying what is wrong with it."""
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        return f"malformed JSON body: {exc}"
+    if not isinstance(body, dict):
+        return f"request body must be a JSON object, got {type(body).__name__}"
+    return body
+
+
+def _positive_int(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+
+
+def _check_chat(body: dict[str, Any]) -> tuple[str, str] | None:
+    """The (param, message) of the first problem in a chat request, if any."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return "model", "you must provide a model parameter (a non-empty string)"
+    messages = body.get("messages")
+    if messages is None:
+        return "messages", "missing required parameter: 'messages'"
+    if not isinstance(messages, list) or not messages:
+        return "messages", "'messages' must be a non-empty array"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return f"messages[{index}]", f"messages[{index}] must be an object with a 'role'"
+    if not isinstance(body.get("stream", False), bool | None):
+        return "stream", "'stream' must be a boolean"
+    for name in ("max_tokens", "max_completion_tokens"):
+        if not _positive_int(body, name):
+            return name, f"'{name}' must be a positive integer"
+    if not isinstance(body.get("tools", []), list | None):
+        return "tools", "'tools' must be an array"
+    return None
+
+
+def _forced_tool(body: dict[str, Any]) -> str | None:
+    """The function a request forces the model to call (``tool_choice`` naming one, or "required")."""
+    tools = body.get("tools")
+    if not tools:
+        return None
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            return str(function["name"])
+        return None
+    if choice == "required":
+        first = tools[0] if isinstance(tools[0], dict) else {}
+        function = first.get("function")
+        name = function.get("name") if isinstance(function, dict) else first.get("name")
+        return name if isinstance(name, str) else None
+    return None
+
+
+class OpenAIRoutes:
+    """Handlers for the OpenAI-compatible routes, bound to the behaviour table and the stats."""
+
+    def __init__(self, behaviours: BehaviourTable, stats: Stats, models: Callable[[], list[str]]) -> None:
+        self._behaviours = behaviours
+        self._stats = stats
+        self._models = models
+        self._ids = itertools.count(1)
+
+    def routes(self) -> list[web.RouteDef]:
+        """Chat (with its aliases), embeddings and models."""
+        return [
+            web.post("/v1/chat/completions", self.chat_completions),
+            web.post("/v1/chat", self.chat_completions),
+            web.post("/chat/completions", self.chat_completions),
+            web.post("/v1/embeddings", self.embeddings),
+            web.get("/v1/models", self.list_models),
+            web.get("/v1/models/{model:.+}", self.get_model),
+        ]
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/chat/completions``: a labelled reply, a forced tool call, or an injected fault."""
+        body = await read_json(request)
+        if isinstance(body, str):
+            self._stats.record("-", "bad_request")
+            return error_response(400, body, code="invalid_json")
+        problem = _check_chat(body)
+        if problem is not None:
+            model = body.get("model")
+            self._stats.record(model if isinstance(model, str) and model else "-", "bad_request")
+            return error_response(400, problem[1], param=problem[0], code="invalid_request")
+        model = body["model"]
+        behaviour, fault = self._behaviours.decide(model)
+        if behaviour.latency_ms:
+            await asyncio.sleep(behaviour.latency_ms / 1000)
+        if fault is not None:
+            self._stats.record(model, fault.kind)
+            return fault_response(fault, model)
+
+        messages: list[Any] = body["messages"]
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        tool = _forced_tool(body)
+        reply = compose(model, messages, max_tokens)
+        usage_in = prompt_tokens(messages)
+        usage_out = 2 if tool is not None else reply.tokens
+        usage = {
+            "prompt_tokens": usage_in,
+            "completion_tokens": usage_out,
+            "total_tokens": usage_in + usage_out,
+        }
+        head = {
+            "id": f"chatcmpl-sim-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+        if body.get("stream"):
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            chunks = _stream_chunks(head, reply, tool, usage if include_usage else None)
+            return await self._stream(request, model, chunks, behaviour)
+
+        finish = "tool_calls" if tool is not None else "length" if reply.truncated else "stop"
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None}
+        if tool is not None:
+            message["content"] = None
+            message["tool_calls"] = [_tool_call(head["id"], tool)]
+        completion = {
+            **head,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "usage": usage,
+        }
+        self._stats.record(model, "ok")
+        return web.Response(body=_encode(completion).encode(), content_type="application/json")
+
+    async def _stream(
+        self, request: web.Request, model: str, chunks: list[bytes], behaviour: Behaviour
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        try:
+            complete = await play(response, chunks, behaviour)
+        except ConnectionResetError:
+            self._stats.record(model, "client_gone")
+            return response
+        if not complete:
+            break_off(request)
+        self._stats.record(model, "ok" if complete else "stream_broken")
+        return response
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """``POST /v1/embeddings``: unit vectors derived from a hash of each input."""
+        body = await read_json(request)
+        if isinstance(body, str):
+            self._stats.record("-", "bad_request")
+            return error_response(400, body, code="invalid_json")
+        problem = _check_embeddings(body)
+        if problem is not None:
+            model = body.get("model")
+            self._stats.record(model if isinstance(model, str) and model else "-", "bad_request")
+            return error_response(400, problem[1], param=problem[0], code="invalid_request")
+        model = body["model"]
+        behaviour, fault = self._behaviours.decide(model)
+        if behaviour.latency_ms:
+            await asyncio.sleep(behaviour.latency_ms / 1000)
+        if fault is not None:
+            self._stats.record(model, fault.kind)
+            return fault_response(fault, model)
+
+        raw_input = body["input"]
+        inputs = [raw_input] if isinstance(raw_input, str) else raw_input
+        if inputs and isinstance(inputs[0], int):
+            inputs = [inputs]
+        texts = [item if isinstance(item, str) else " ".join(map(str, item)) for item in inputs]
+        dimensions = body.get("dimensions") or DEFAULT_DIMENSIONS
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, text in enumerate(texts):
+            vector = embedding(text, dimensions)
+            value: list[float] | str = (
+                base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if as_base64 else vector
+            )
+            data.append({"object": "embedding", "index": index, "embedding": value})
+        tokens = sum(count_tokens(text) for text in texts)
+        result = {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        self._stats.record(model, "ok")
+        return web.Response(body=_encode(result).encode(), content_type="application/json")
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models`` in a shape both the OpenAI and the Anthropic SDKs accept."""
+        data = [_model_entry(name) for name in self._models()]
+        listing = {
+            "object": "list",
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+        return web.Response(body=_encode(listing).encode(), content_type="application/json")
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        """``GET /v1/models/{model}``: every model name is served, so every name exists."""
+        entry = _model_entry(request.match_info["model"])
+        return web.Response(body=_encode(entry).encode(), content_type="application/json")
+
+
+def _check_embeddings(body: dict[str, Any]) -> tuple[str, str] | None:
+    """The (param, message) of the first problem in an embeddings request, if any."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return "model", "you must provide a model parameter (a non-empty string)"
+    raw_input = body.get("input")
+    if raw_input is None:
+        return "input", "missing required parameter: 'input'"
+    valid = isinstance(raw_input, str) or (
+        isinstance(raw_input, list)
+        and raw_input
+        and (
+            all(isinstance(item, str) for item in raw_input)
+            or all(isinstance(item, int) for item in raw_input)
+            or all(isinstance(item, list) for item in raw_input)
+        )
+    )
+    if not valid:
+        return "input", "'input' must be a string, an array of strings or an array of token arrays"
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (
+        not isinstance(dimensions, int)
+        or isinstance(dimensions, bool)
+        or not 0 < dimensions <= MAX_DIMENSIONS
+    ):
+        return "dimensions", f"'dimensions' must be an integer between 1 and {MAX_DIMENSIONS}"
+    if body.get("encoding_format", "float") not in ("float", "base64", None):
+        return "encoding_format", "'encoding_format' must be 'float' or 'base64'"
+    return None
+
+
+def _tool_call(completion_id: str, name: str) -> dict[str, Any]:
+    return {
+        "id": f"call_{completion_id.rsplit('-', 1)[-1]}",
+        "type": "function",
+        "function": {"name": name, "arguments": "{}"},
+    }
+
+
+def _stream_chunks(
+    head: dict[str, Any], reply: Reply, tool: str | None, usage: dict[str, int] | None
+) -> list[bytes]:
+    """Every SSE line of a streamed completion, ``data: [DONE]`` included."""
+    base = {**head, "object": "chat.completion.chunk"}
+    if usage is not None:
+        base["usage"] = None
+
+    # Every chunk shares its head; only the delta is encoded per chunk (this is the benchmark path).
+    opening = b"data: " + _encode(base)[:-1].encode() + b',"choices":[{"index":0,"delta":'
+    piece_opening = opening + b'{"content":'
+    piece_closing = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        closing = b',"logprobs":null,"finish_reason":' + _encode(finish).encode() + b"}]}\n\n"
+        return opening + _encode(delta).encode() + closing
+
+    if tool is not None:
+        call = _tool_call(head["id"], tool)
+        first = {**call, "index": 0, "function": {"name": tool, "arguments": ""}}
+        lines = [
+            chunk({"role": "assistant", "content": None, "tool_calls": [first]}),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+            chunk({}, "tool_calls"),
+        ]
+    else:
+        lines = [chunk({"role": "assistant", "content": ""})]
+        lines.extend(piece_opening + encode_basestring(p).encode() + piece_closing for p in reply.pieces)
+        lines.append(chunk({}, "length" if reply.truncated else "stop"))
+    if usage is not None:
+        lines.append(b"data: " + _encode({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
+    lines.append(_DONE)
+    return lines
+
+
+def _model_entry(name: str) -> dict[str, Any]:
+    return {
+        "id": name,
+        "object": "model",
+        "created": 0,
+        "owned_by": OWNER,
+        "type": "model",
+        "display_name": f"{name} (simulated)",
+        "created_at": "1970-01-01T00:00:00Z",
+    }

@@ -1,0 +1,105 @@
+"""Deterministic reply text, word-sized stream pieces, word-based token counts and hash embeddings."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+FIRST_LINE_MAX = 200
+"""The summary quotes at most this many characters of the first line."""
+
+_PIECE = re.compile(r"\s*\S+\s*")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the simulated model says: the text and the same text cut into word-sized pieces."""
+
+    text: str
+    pieces: tuple[str, ...]
+    truncated: bool
+
+    @property
+    def tokens(self) -> int:
+        """Completion tokens: one per word, i.e. one per streamed piece."""
+        return len(self.pieces)
+
+
+def text_of(content: object) -> str:
+    """Plain text of a message's content: a string, or a list of OpenAI parts / Anthropic blocks."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    parts: list[str] = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append(part)
+        elif isinstance(part, dict):
+            text = part.get("text")
+            if isinstance(text, str):
+                parts.append(text)
+            elif part.get("type") == "tool_result":
+                parts.append(text_of(part.get("content")))
+    return "\n".join(part for part in parts if part)
+
+
+def last_user_text(messages: Sequence[object]) -> str:
+    """Text of the last message whose role is ``user`` (empty if there is none)."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return text_of(message.get("content"))
+    return ""
+
+
+def count_tokens(text: str) -> int:
+    """Simulated token count: whitespace-separated words."""
+    return len(text.split())
+
+
+def prompt_tokens(messages: Sequence[object], system: object = None) -> int:
+    """Simulated prompt tokens of a conversation and its optional system prompt."""
+    total = count_tokens(text_of(system))
+    for message in messages:
+        if isinstance(message, dict):
+            total += count_tokens(text_of(message.get("content")))
+    return total
+
+
+def reply_text(model: str, user_text: str) -> str:
+    """The labelled summary of ``user_text``; models named ``*echo*`` return it unchanged."""
+    if "echo" in model.lower():
+        return user_text
+    words = len(user_text.split())
+    if words == 0:
+        return f"[simulated {model}] received no user text."
+    lines = user_text.splitlines()
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if len(first) > FIRST_LINE_MAX:
+        first = first[:FIRST_LINE_MAX] + "…"
+    return (
+        f"[simulated {model}] received {words} {'word' if words == 1 else 'words'} in {len(lines)} "
+        f'{"line" if len(lines) == 1 else "lines"}; first line: "{first}"'
+    )
+
+
+def compose(model: str, messages: Sequence[object], max_tokens: int | None = None) -> Reply:
+    """The reply to a conversation, cut short after ``max_tokens`` words if given."""
+    text = reply_text(model, last_user_text(messages))
+    pieces = tuple(_PIECE.findall(text))
+    if max_tokens is not None and len(pieces) > max_tokens:
+        pieces = pieces[:max_tokens]
+        return Reply("".join(pieces), pieces, truncated=True)
+    return Reply(text, pieces, truncated=False)
+
+
+def embedding(text: str, dimensions: int) -> list[float]:
+    """A unit-length vector derived from a hash of ``text``: same text, same vector."""
+    digest = hashlib.shake_256(text.encode("utf-8")).digest(2 * dimensions)
+    raw = [value / 32767.5 - 1.0 for value in struct.unpack(f"<{dimensions}H", digest)]
+    norm = math.sqrt(sum(value * value for value in raw)) or 1.0
+    return [value / norm for value in raw]
