@@ -83,7 +83,7 @@ async def redis(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 async def amqp(
-    rabbitmq_url: str, namespace: str, request: pytest.FixtureRequest
+    rabbitmq_url: str, topology: Topology, request: pytest.FixtureRequest
 ) -> AsyncIterator[AbstractRobustConnection]:
     """A connection named after the test; the test's topology is deleted afterwards."""
     connection = await aio_pika.connect_robust(

@@ -143,8 +143,11 @@ _BY_GRPC: dict[grpc.StatusCode, type[OpenClawError]] = {
 
 
 def from_dict(data: dict[str, Any]) -> OpenClawError:
-    """Rebuild an error from its wire form."""
-    cls = _BY_CODE.get(str(data.get("code", "")), OpenClawError)
+    """Rebuild an error from its wire form; an unknown code keeps the sender's verdict on retrying."""
+    code = str(data.get("code", ""))
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        cls = UnavailableError if data.get("retryable") else OpenClawError
     err = OpenClawError.__new__(cls)
     OpenClawError.__init__(err, str(data.get("message", "")), **dict(data.get("details") or {}))
     return err

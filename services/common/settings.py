@@ -11,9 +11,9 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="OPENCLAW_", extra="ignore", frozen=True)
 
-    namespace: str = Field("openclaw", pattern=r"^[a-z][a-z0-9_.-]{0,40}$")
+    namespace: str = Field(default="openclaw", pattern=r"^[a-z][a-z0-9_.-]{0,40}$")
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     redis_url: str = "redis://127.0.0.1:6379/0"
     otlp_endpoint: str = ""
-    log_level: str = Field("info", pattern=r"^(?i)(debug|info|warning|error)$")
+    log_level: str = Field(default="info", pattern=r"^(?i)(debug|info|warning|error)$")
     service_name: str = ""

@@ -1,0 +1,99 @@
+"""What a running step sees: the services operations may use, and the run's data for expressions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from openclaw.v1 import router_pb2
+from services.common.errors import InvalidInputError, UnavailableError
+
+if TYPE_CHECKING:
+    from services.executor.dsl import Workflow
+    from services.executor.ops.http import HttpClient
+
+
+class ChatClient(Protocol):
+    """The router as llm_call uses it (services.common.router_client.RouterClient)."""
+
+    async def chat(
+        self, request: router_pb2.ChatRequest, *, timeout_s: float | None = None
+    ) -> router_pb2.ChatResponse: ...
+
+
+@dataclass(frozen=True)
+class OpServices:
+    """Long-lived things operations use, built once by the bootstrap."""
+
+    storage_root: Path
+    credentials: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    router: ChatClient | None = None
+    http: HttpClient | None = None
+    router_timeout_s: float = 120.0
+
+    def credential(self, name: str) -> Mapping[str, str]:
+        """A named credential set from the executor's settings."""
+        try:
+            return self.credentials[name]
+        except KeyError:
+            known = ", ".join(sorted(self.credentials)) or "none are configured"
+            raise InvalidInputError(
+                f"auth: unknown credential set {name!r} (configured: {known})", auth=name
+            ) from None
+
+    def require_router(self) -> ChatClient:
+        if self.router is None:
+            raise UnavailableError("this executor has no router client configured")
+        return self.router
+
+    def require_http(self) -> HttpClient:
+        if self.http is None:
+            raise UnavailableError("this executor has no HTTP client configured")
+        return self.http
+
+
+@dataclass(frozen=True)
+class OpContext:
+    """One step's view of its task: identity, the previous step's output and the services."""
+
+    tenant: str
+    task_id: str
+    step_id: str
+    services: OpServices
+    attempt: int = 1
+    workflow_name: str = ""
+    prev_output: Any = None
+    has_prev: bool = False
+
+    @property
+    def tenant_root(self) -> Path:
+        """storage_root/<tenant> (the tenant id is already checked to be a safe path segment)."""
+        return self.services.storage_root / self.tenant
+
+
+@dataclass
+class RunState:
+    """The data expressions read: step outputs so far, inputs, the workflow and the task."""
+
+    workflow: Workflow
+    task_id: str
+    tenant: str
+    attempt: int
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def scope(self, before_index: int | None = None) -> dict[str, Any]:
+        """Names visible to expressions of the step at before_index (None: after the last step)."""
+        steps = self.workflow.steps if before_index is None else self.workflow.steps[:before_index]
+        done = {s.id: {"output": self.outputs[s.id]} for s in steps if s.id in self.outputs}
+        scope: dict[str, Any] = {
+            "steps": done,
+            "inputs": self.inputs,
+            "workflow": {"name": self.workflow.name},
+            "task": {"id": self.task_id, "tenant": self.tenant, "attempt": self.attempt},
+        }
+        if steps and steps[-1].id in self.outputs:
+            scope["prev"] = {"output": self.outputs[steps[-1].id]}
+        return scope

@@ -1,0 +1,402 @@
+"""File operations, confined to the tenant's storage root: read, write, and download from http(s) or S3.
+
+Every path is relative to ``storage_root/<tenant>/``. Absolute paths and ``..`` are refused outright;
+the joined path is then resolved (following symlinks) and must still lie inside the root, and files
+are opened with O_NOFOLLOW so a symlink swapped in after the check is not followed either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import errno
+import hashlib
+import json
+import mimetypes
+import os
+import posixpath
+import uuid
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, field_validator
+
+from services.common.errors import (
+    InvalidInputError,
+    NotFoundError,
+    OpenClawError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    UnavailableError,
+)
+from services.executor.context import OpContext
+from services.executor.expressions import OPEN
+from services.executor.ops.base import Params, operation
+from services.executor.ops.http import auth_headers, is_textual, status_error
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+TEXT_PREVIEW_BYTES = 64 * 1024
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+_CHUNK = 256 * 1024
+_TEXT_SUFFIXES = {".csv", ".tsv", ".txt", ".md", ".json", ".jsonl", ".yaml", ".yml", ".xml", ".html", ".log"}
+
+
+def resolve_path(root: Path, relative: str) -> Path:
+    """The absolute path of ``relative`` inside ``root``; refuses anything that would leave it."""
+    if not isinstance(relative, str) or not relative.strip():
+        raise InvalidInputError("path: must be a non-empty relative path")
+    if "\x00" in relative:
+        raise InvalidInputError("path: must not contain NUL")
+    pure = PurePosixPath(relative)
+    if pure.is_absolute() or relative.startswith(("~", "\\")) or (len(relative) > 1 and relative[1] == ":"):
+        raise InvalidInputError(f"path: {relative!r} is absolute; paths are relative to the tenant's storage")
+    if ".." in pure.parts or ".." in relative.split("\\"):
+        raise InvalidInputError(f"path: {relative!r} contains '..'; paths cannot leave the tenant's storage")
+    real_root = root.resolve()
+    target = (real_root / pure).resolve()
+    if target != real_root and not target.is_relative_to(real_root):
+        raise PermissionDeniedError(
+            f"path: {relative!r} leads outside the tenant's storage (through a symlink)"
+        )
+    if target == real_root:
+        raise InvalidInputError(f"path: {relative!r} names the storage root, not a file")
+    return target
+
+
+def _relative(root: Path, target: Path) -> str:
+    return target.relative_to(root.resolve()).as_posix()
+
+
+def _open_confined(path: Path, flags: int, mode: int = 0o640) -> int:
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"path: no such file {path.name!r}") from exc
+    except IsADirectoryError as exc:
+        raise InvalidInputError(f"path: {path.name!r} is a directory") from exc
+    except FileExistsError as exc:
+        raise InvalidInputError(f"path: {path.name!r} already exists (mode 'create')") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the last component became a symlink after the check
+            raise PermissionDeniedError(f"path: {path.name!r} is a symlink") from exc
+        raise
+
+
+def text_preview(data: bytes, content_type: str = "", name: str = "") -> tuple[str | None, bool]:
+    """The first 64 KiB as text when the content looks textual, and whether it was cut."""
+    looks_text = is_textual(content_type) or PurePosixPath(name).suffix.lower() in _TEXT_SUFFIXES
+    head = data[:TEXT_PREVIEW_BYTES]
+    truncated = len(data) > TEXT_PREVIEW_BYTES
+    # A cut may split a multi-byte character: drop at most three trailing bytes.
+    for trim in range(4 if truncated else 1):
+        try:
+            text = head[: len(head) - trim].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if looks_text or "\x00" not in text:
+            return text, truncated
+        return None, truncated
+    return None, truncated
+
+
+# -- file_read ----------------------------------------------------------------------------------------
+
+
+class FileReadParams(Params):
+    path: str = Field(description="Path relative to the tenant's storage root.")
+    format: Literal["text", "json", "base64"] = Field("text", description="How to return the content.")
+    max_bytes: int = Field(10 * 1024 * 1024, gt=0, le=100 * 1024 * 1024)
+
+
+def _read(root: Path, relative: str, max_bytes: int) -> tuple[str, bytes]:
+    target = resolve_path(root, relative)
+    fd = _open_confined(target, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(f"path: {relative!r} is larger than max_bytes ({max_bytes})")
+    return _relative(root, target), data
+
+
+@operation("file_read", category="files", params=FileReadParams)
+async def file_read(p: FileReadParams, ctx: OpContext) -> dict[str, Any]:
+    """Read a file from the tenant's storage; returns path, size, sha256 and content (text, parsed JSON or
+    base64)."""
+    rel, data = await asyncio.to_thread(_read, ctx.tenant_root, p.path, p.max_bytes)
+    content: Any
+    if p.format == "base64":
+        content = base64.b64encode(data).decode()
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"path: {rel!r} is not UTF-8 text; use format 'base64'") from exc
+        if p.format == "json":
+            try:
+                content = json.loads(text)
+            except ValueError as exc:
+                raise InvalidInputError(f"path: {rel!r} is not valid JSON: {exc}") from exc
+        else:
+            content = text
+    return {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "content": content}
+
+
+# -- file_write ---------------------------------------------------------------------------------------
+
+
+class FileWriteParams(Params):
+    path: str = Field(description="Path relative to the tenant's storage root; parent folders are created.")
+    content: Any = Field(description="Text; any JSON value with format 'json'; base64 text with 'base64'.")
+    format: Literal["text", "json", "base64"] = "text"
+    mode: Literal["overwrite", "append", "create"] = Field(
+        "overwrite", description="'create' fails if the file exists."
+    )
+
+    @field_validator("content")
+    @classmethod
+    def _present(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("required")
+        return value
+
+
+def _encode(p: FileWriteParams) -> bytes:
+    if p.format == "json":
+        return json.dumps(p.content, ensure_ascii=False, indent=2).encode()
+    if not isinstance(p.content, str):
+        raise InvalidInputError(f"content: format {p.format!r} needs a string; use format 'json' for values")
+    if p.format == "base64":
+        try:
+            return base64.b64decode(p.content, validate=True)
+        except binascii.Error as exc:
+            raise InvalidInputError(f"content: not valid base64: {exc}") from exc
+    return p.content.encode()
+
+
+def _write(root: Path, relative: str, data: bytes, mode: str) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    target = resolve_path(root, relative)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The parents were created inside the root; check again in case one was a symlink planted meanwhile.
+    target = resolve_path(root, relative)
+    flags = os.O_WRONLY | os.O_CREAT
+    flags |= {"overwrite": os.O_TRUNC, "append": os.O_APPEND, "create": os.O_EXCL}[mode]
+    fd = _open_confined(target, flags)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return _relative(root, target)
+
+
+@operation("file_write", category="files", params=FileWriteParams)
+async def file_write(p: FileWriteParams, ctx: OpContext) -> dict[str, Any]:
+    """Write text, JSON or base64-decoded bytes to a file in the tenant's storage; returns path, size and
+    sha256 of what was written."""
+    data = _encode(p)
+    rel = await asyncio.to_thread(_write, ctx.tenant_root, p.path, data, p.mode)
+    return {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+# -- file_download ------------------------------------------------------------------------------------
+
+
+class FileDownloadParams(Params):
+    url: str = Field(description="http://, https:// or s3://bucket/key.")
+    path: str | None = Field(None, description="Where to save it; default: the URL's file name.")
+    auth: str | None = Field(
+        None, description="Credential set from the executor's settings (required for s3://)."
+    )
+    timeout_s: float | None = Field(None, gt=0, le=3600)
+    max_bytes: int | None = Field(None, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if OPEN not in value and urlsplit(value).scheme.lower() not in ("http", "https", "s3"):
+            raise ValueError("must be an http://, https:// or s3:// URL")
+        return value
+
+
+def default_name(url: str) -> str:
+    """The URL's last path segment, if it makes a safe file name."""
+    name = posixpath.basename(unquote(urlsplit(url).path))
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        return "download"
+    return name
+
+
+class _Sink:
+    """A temporary file beside the target, renamed into place when complete; hashes as it goes."""
+
+    def __init__(self, root: Path, relative: str, limit: int) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.relative, self.limit = root, relative, limit
+        self.target = resolve_path(root, relative)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.temp = self.target.with_name(f".{self.target.name}.{uuid.uuid4().hex[:8]}.part")
+        self._fd = _open_confined(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        self.size = 0
+        self.sha = hashlib.sha256()
+        self.head = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise PayloadTooLargeError(f"download is over the limit of {self.limit} bytes")
+        self.sha.update(chunk)
+        if len(self.head) <= TEXT_PREVIEW_BYTES:
+            self.head += chunk[: TEXT_PREVIEW_BYTES + 1 - len(self.head)]
+        os.write(self._fd, chunk)
+
+    def commit(self) -> str:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        target = resolve_path(self.root, self.relative)
+        os.replace(self.temp, target)  # replaces a symlink itself, never its target
+        return _relative(self.root, target)
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.temp.unlink(missing_ok=True)
+
+
+@operation("file_download", category="files", params=FileDownloadParams)
+async def file_download(p: FileDownloadParams, ctx: OpContext) -> dict[str, Any]:
+    """Download an http(s) URL or an s3://bucket/key object into the tenant's storage; returns path, size,
+    sha256, content_type and text (the first 64 KiB when the content is text, for the next step)."""
+    relative = p.path or default_name(p.url)
+    scheme = urlsplit(p.url).scheme.lower()
+    http = ctx.services.require_http() if scheme != "s3" else ctx.services.http
+    cap = http.max_bytes if http is not None else DEFAULT_MAX_BYTES
+    limit = min(p.max_bytes or cap, cap)
+    sink = await asyncio.to_thread(_Sink, ctx.tenant_root, relative, limit)
+    try:
+        if scheme == "s3":
+            content_type = await _s3_download(p, ctx, sink)
+        else:
+            content_type = await _http_download(p, ctx, sink)
+        rel = await asyncio.to_thread(sink.commit)
+    except BaseException:
+        await asyncio.to_thread(sink.abort)
+        raise
+    head = bytes(sink.head)
+    if not content_type or content_type == "application/octet-stream":
+        content_type = mimetypes.guess_type(rel)[0] or content_type or "application/octet-stream"
+    text, truncated = text_preview(head, content_type, rel)
+    out: dict[str, Any] = {
+        "path": rel,
+        "size": sink.size,
+        "sha256": sink.sha.hexdigest(),
+        "content_type": content_type,
+        "url": p.url,
+        "text": text,
+    }
+    if text is not None:
+        out["text_truncated"] = truncated or sink.size > TEXT_PREVIEW_BYTES
+    return out
+
+
+async def _http_download(p: FileDownloadParams, ctx: OpContext, sink: _Sink) -> str:
+    client = ctx.services.require_http()
+    headers = auth_headers(ctx.services.credential(p.auth)) if p.auth else {}
+    async with client.open("GET", p.url, headers=headers, timeout_s=p.timeout_s) as response:
+        if response.status >= 400:
+            raise status_error(response.status, str(response.url))
+        if response.content_length is not None and response.content_length > sink.limit:
+            raise PayloadTooLargeError(
+                f"download is {response.content_length} bytes; the limit is {sink.limit}"
+            )
+        async for chunk in response.content.iter_chunked(_CHUNK):
+            await asyncio.to_thread(sink.write, chunk)
+        return response.headers.get("Content-Type", "")
+
+
+# -- S3 -----------------------------------------------------------------------------------------------
+
+_S3_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "endpoint_url", "region_name")
+
+
+@lru_cache(maxsize=32)
+def _s3_client(items: tuple[tuple[str, str], ...], timeout_s: float) -> S3Client:
+    import boto3  # heavy: imported only when an S3 step runs
+    from botocore.config import Config
+
+    kwargs = {k: v for k, v in items if k in _S3_KEYS}
+    config = Config(
+        connect_timeout=5,
+        read_timeout=timeout_s,
+        retries={"max_attempts": 2, "mode": "standard"},
+        signature_version="s3v4",
+    )
+    client: S3Client = boto3.session.Session().client("s3", config=config, **kwargs)  # type: ignore[call-overload]
+    return client
+
+
+def _s3_get(credential: Mapping[str, str], bucket: str, key: str, sink: _Sink, timeout_s: float) -> str:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = _s3_client(tuple(sorted(credential.items())), timeout_s)
+    try:
+        obj = client.get_object(Bucket=bucket, Key=key)
+        length = int(obj.get("ContentLength") or 0)
+        if length > sink.limit:
+            raise PayloadTooLargeError(f"s3://{bucket}/{key} is {length} bytes; the limit is {sink.limit}")
+        body = obj["Body"]
+        try:
+            for chunk in body.iter_chunks(_CHUNK):
+                sink.write(chunk)
+        finally:
+            body.close()
+        return str(obj.get("ContentType") or "")
+    except ClientError as exc:
+        raise _s3_error(exc, bucket, key) from exc
+    except BotoCoreError as exc:
+        raise UnavailableError(f"s3://{bucket}/{key}: {exc}") from exc
+
+
+def _s3_error(exc: Any, bucket: str, key: str) -> OpenClawError:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    where = f"s3://{bucket}/{key}"
+    if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
+        return NotFoundError(f"{where}: {code}")
+    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+        return PermissionDeniedError(f"{where}: {code}")
+    if status == 429 or status >= 500 or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable"):
+        return UnavailableError(f"{where}: {code or status}")
+    return InvalidInputError(f"{where}: {code or status}")
+
+
+async def _s3_download(p: FileDownloadParams, ctx: OpContext, sink: _Sink) -> str:
+    parts = urlsplit(p.url)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    if not bucket or not key:
+        raise InvalidInputError(f"url: {p.url!r} must be s3://bucket/key")
+    if not p.auth:
+        raise InvalidInputError(
+            "auth: s3:// downloads need a credential set (auth) from the executor's settings"
+        )
+    credential = ctx.services.credential(p.auth)
+    endpoint = urlsplit(credential.get("endpoint_url", "")).hostname or "s3.amazonaws.com"
+    http = ctx.services.http
+    hop = http.hop(endpoint) if http is not None else None
+    timeout = p.timeout_s or (http.timeout_s if http is not None else 30.0)
+
+    async def fetch() -> str:
+        return await asyncio.to_thread(_s3_get, credential, bucket, key, sink, timeout)
+
+    if hop is None:
+        return await fetch()
+    async with hop.guard("S3 GetObject", **{"rpc.system": "aws-api", "aws.s3.bucket": bucket}):
+        return await fetch()
+
+
+OPERATIONS = (file_read, file_write, file_download)

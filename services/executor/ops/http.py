@@ -1,0 +1,364 @@
+"""HTTP operations, and the guarded client every outbound HTTP call of a step goes through.
+
+SSRF protection: a target that is (or resolves to) a loopback, private, link-local, multicast or
+otherwise non-global address is refused unless the executor's settings allow private networks.
+Names are checked inside the connector's resolver, so the address checked is the address connected
+to (no DNS-rebinding gap), and each redirect is checked again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import json
+import socket
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import aiohttp
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import ThreadedResolver
+from pydantic import Field, field_validator, model_validator
+from yarl import URL
+
+from services.common.breaker import AsyncBreaker
+from services.common.errors import (
+    InvalidInputError,
+    NotFoundError,
+    OpenClawError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    TimeoutError_,
+    UnavailableError,
+)
+from services.common.hop import Hop
+from services.executor.context import OpContext
+from services.executor.expressions import OPEN
+from services.executor.ops.base import Params, operation
+
+HOP_NAME = "executor.http"
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_TEXTUAL = (
+    "text/",
+    "application/json",
+    "application/xml",
+    "application/yaml",
+    "application/csv",
+    "+json",
+    "+xml",
+)
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class BlockedAddressError(OSError):
+    """The target resolves only to addresses this executor may not reach."""
+
+
+def is_public(ip: IPAddress) -> bool:
+    """Whether an address is globally routable unicast (IPv4-mapped IPv6 is judged as its IPv4)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _literal_ip(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def check_url(url: URL, *, allow_private_network: bool) -> None:
+    """Refuse non-HTTP schemes and literal non-public addresses before any connection is made."""
+    if url.scheme not in ("http", "https"):
+        raise InvalidInputError(f"url: only http and https are supported, not {url.scheme or 'none'!r}")
+    if not url.host:
+        raise InvalidInputError(f"url: {url} has no host")
+    ip = _literal_ip(url.host)
+    if ip is not None and not allow_private_network and not is_public(ip):
+        raise PermissionDeniedError(
+            f"url: {url.host} is a loopback, private or link-local address; this executor does not "
+            "allow private network targets",
+            host=url.host,
+        )
+
+
+class _GuardedResolver(ThreadedResolver):
+    """Resolves names, then keeps only addresses the policy allows."""
+
+    def __init__(self, allow_private_network: bool) -> None:
+        super().__init__()
+        self._allow = allow_private_network
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await super().resolve(host, port, family)
+        if self._allow:
+            return results
+        allowed = [r for r in results if (ip := _literal_ip(str(r["host"]))) is not None and is_public(ip)]
+        if not allowed:
+            raise BlockedAddressError(
+                f"{host} resolves to loopback, private or link-local addresses only; this executor does "
+                "not allow private network targets"
+            )
+        return allowed
+
+
+def status_error(status: int, url: str, snippet: str = "") -> OpenClawError:
+    """The error for an HTTP error status: 429 and 5xx are worth a retry, other 4xx are not."""
+    message = f"{url} answered HTTP {status}" + (f": {snippet}" if snippet else "")
+    if status == 429:
+        return ResourceExhaustedError(message, http_status=status)
+    if status == 408 or status >= 500:
+        return UnavailableError(message, http_status=status)
+    if status in (404, 410):
+        return NotFoundError(message, http_status=status)
+    if status in (401, 403):
+        return PermissionDeniedError(message, http_status=status)
+    return InvalidInputError(message, http_status=status)
+
+
+def auth_headers(credential: Mapping[str, str]) -> dict[str, str]:
+    """Headers for a named credential set: ``bearer_token``, or ``username`` and ``password``."""
+    if "bearer_token" in credential:
+        return {"Authorization": f"Bearer {credential['bearer_token']}"}
+    if "username" in credential:
+        basic = aiohttp.BasicAuth(credential["username"], credential.get("password", ""))
+        return {"Authorization": basic.encode()}
+    raise InvalidInputError("auth: this credential set has no bearer_token or username for HTTP")
+
+
+class HttpClient:
+    """One pooled aiohttp session with the SSRF guard, size limits and a breaker per target host."""
+
+    def __init__(
+        self,
+        *,
+        allow_private_network: bool = False,
+        max_bytes: int = 10 * 1024 * 1024,
+        timeout_s: float = 30.0,
+        max_redirects: int = 5,
+        max_hosts: int = 256,
+    ) -> None:
+        self.allow_private_network = allow_private_network
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.max_redirects = max_redirects
+        self._max_hosts = max_hosts
+        self._session: aiohttp.ClientSession | None = None
+        # A failing site must not open the breaker for every other site; the cache bounds the breakers.
+        self._hops: OrderedDict[str, Hop] = OrderedDict()
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                resolver=_GuardedResolver(self.allow_private_network), limit=200, ttl_dns_cache=30
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers={"User-Agent": "openclaw-executor"},
+                auto_decompress=True,
+                trust_env=False,
+            )
+        return self._session
+
+    def hop(self, host: str) -> Hop:
+        """The hop (metrics and spans as "executor.http", breaker per host) for a target."""
+        hop = self._hops.get(host)
+        if hop is None:
+            hop = Hop(HOP_NAME, breaker=AsyncBreaker(f"{HOP_NAME}:{host}", fail_max=5, reset_timeout=30.0))
+            self._hops[host] = hop
+            while len(self._hops) > self._max_hosts:
+                self._hops.popitem(last=False)
+        else:
+            self._hops.move_to_end(host)
+        return hop
+
+    @asynccontextmanager
+    async def open(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        data: bytes | str | None = None,
+        timeout_s: float | None = None,
+        follow_redirects: bool = True,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send a request (following checked redirects) and yield the response; errors become ours."""
+        current = URL(url)
+        check_url(current, allow_private_network=self.allow_private_network)
+        assert current.host is not None
+        timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s)
+        attrs = {
+            "http.request.method": method,
+            "url.full": str(current.with_query(None).with_user(None)),
+            "server.address": current.host,
+        }
+        async with self.hop(current.host).guard(f"HTTP {method}", **attrs) as span:
+            try:
+                response = None
+                for hop_no in range(self.max_redirects + 1):
+                    check_url(current, allow_private_network=self.allow_private_network)
+                    response = await self._client().request(
+                        method,
+                        current,
+                        headers=dict(headers or {}),
+                        # The query belongs to the first URL; a redirect's Location carries its own.
+                        params=dict(query) if query and hop_no == 0 else None,
+                        json=json_body,
+                        data=data,
+                        timeout=timeout,
+                        allow_redirects=False,
+                    )
+                    location = response.headers.get("Location")
+                    if not (follow_redirects and response.status in _REDIRECTS and location):
+                        break
+                    response.release()
+                    current = response.url.join(URL(location))
+                    if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                        method, json_body, data = "GET", None, None
+                else:
+                    raise InvalidInputError(f"{url}: more than {self.max_redirects} redirects")
+                assert response is not None
+                span.set_attribute("http.response.status_code", response.status)
+                try:
+                    yield response
+                finally:
+                    response.release()
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.os_error, BlockedAddressError):
+                    raise PermissionDeniedError(f"url: {exc.os_error}", host=current.host) from exc
+                raise UnavailableError(f"cannot connect to {current.host}: {exc.os_error}") from exc
+            except TimeoutError as exc:
+                raise TimeoutError_(
+                    f"{current.host} did not answer within {timeout.total}s", host=current.host
+                ) from exc
+            except aiohttp.ClientError as exc:
+                raise UnavailableError(f"HTTP request to {current.host} failed: {exc}") from exc
+
+    async def read(self, response: aiohttp.ClientResponse, max_bytes: int | None = None) -> bytes:
+        """The body, refusing more than max_bytes (or the client's limit)."""
+        limit = min(max_bytes or self.max_bytes, self.max_bytes)
+        if response.content_length is not None and response.content_length > limit:
+            raise PayloadTooLargeError(f"response is {response.content_length} bytes; the limit is {limit}")
+        buf = bytearray()
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            buf += chunk
+            if len(buf) > limit:
+                raise PayloadTooLargeError(f"response is over the limit of {limit} bytes")
+        return bytes(buf)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        # Let the connector's transports finish closing before the loop moves on.
+        await asyncio.sleep(0)
+
+
+def is_textual(content_type: str) -> bool:
+    ct = content_type.lower()
+    return any(t in ct for t in _TEXTUAL)
+
+
+class HttpRequestParams(Params):
+    url: str = Field(description="http:// or https:// URL.")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    query: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    json_body: Any = Field(None, alias="json", description="A JSON body (sets Content-Type).")
+    body: str | None = Field(None, description="A text body.")
+    auth: str | None = Field(None, description="Name of a credential set from the executor's settings.")
+    timeout_s: float | None = Field(None, gt=0, le=600)
+    max_bytes: int | None = Field(None, gt=0)
+    response: Literal["auto", "json", "text", "base64"] = "auto"
+    raise_for_status: bool = Field(True, description="Fail the step on HTTP 4xx/5xx (429/5xx are retryable).")
+    follow_redirects: bool = True
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if OPEN not in value and not value.lower().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_body(self) -> HttpRequestParams:
+        if self.json_body is not None and self.body is not None:
+            raise ValueError("give json or body, not both")
+        return self
+
+
+@operation("http_request", category="http", params=HttpRequestParams)
+async def http_request(p: HttpRequestParams, ctx: OpContext) -> dict[str, Any]:
+    """Send an HTTP request; returns status, final url, headers, content_type, size and body (JSON when the
+    response is JSON, else text, or base64 for binary bodies)."""
+    client = ctx.services.require_http()
+    headers = dict(p.headers)
+    if p.auth:
+        headers.update(auth_headers(ctx.services.credential(p.auth)))
+    query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in p.query.items()}
+    async with client.open(
+        p.method,
+        p.url,
+        headers=headers,
+        query=query,
+        json_body=p.json_body,
+        data=p.body,
+        timeout_s=p.timeout_s,
+        follow_redirects=p.follow_redirects,
+    ) as response:
+        raw = await client.read(response, p.max_bytes)
+        if p.raise_for_status and response.status >= 400:
+            raise status_error(response.status, str(response.url), raw[:200].decode("utf-8", "replace"))
+        content_type = response.headers.get("Content-Type", "")
+        return {
+            "status": response.status,
+            "url": str(response.url),
+            "headers": {k.lower(): v for k, v in response.headers.items()},
+            "content_type": content_type,
+            "size": len(raw),
+            "body": _decode_body(raw, content_type, p.response, response.charset or "utf-8"),
+        }
+
+
+def _decode_body(raw: bytes, content_type: str, mode: str, charset: str) -> Any:
+    if mode == "base64":
+        return base64.b64encode(raw).decode()
+    if mode == "json" or (mode == "auto" and "json" in content_type.lower()):
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            if mode == "json":
+                raise InvalidInputError(f"response is not valid JSON: {exc}") from exc
+    if mode == "text" or is_textual(content_type) or not content_type:
+        try:
+            return raw.decode(charset)
+        except (UnicodeDecodeError, LookupError):
+            if mode == "text":
+                return raw.decode("utf-8", "replace")
+    return base64.b64encode(raw).decode()
+
+
+OPERATIONS = (http_request,)

@@ -1,0 +1,84 @@
+"""Settings of the executor process: the shared OPENCLAW_* names plus OPENCLAW_EXECUTOR_* ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import CommonSettings
+
+SERVICE_NAME = "openclaw-executor"
+
+
+def _env(name: str, *also: str) -> str | AliasChoices:
+    """The environment name of an executor-only field (OPENCLAW_EXECUTOR_<NAME>), plus accepted synonyms."""
+    primary = f"OPENCLAW_EXECUTOR_{name.upper()}"
+    return AliasChoices(primary, *also) if also else primary
+
+
+class ExecutorSettings(CommonSettings):
+    """Read once at start-up; a missing or bad value stops the process with a message naming it.
+
+    Fields may also be passed by name (``ExecutorSettings(prefetch=4)``), which is how tests build them.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="OPENCLAW_", extra="ignore", frozen=True, validate_by_name=True, validate_by_alias=True
+    )
+
+    router_addr: str = "127.0.0.1:50051"
+    """host:port of the router's gRPC service (OPENCLAW_ROUTER_ADDR, shared with the gateway)."""
+
+    prefetch: int = Field(default=16, ge=1, le=1000, validation_alias=_env("prefetch"))
+    """Deliveries a worker holds unacknowledged at once, i.e. tasks run concurrently per process."""
+    metrics_host: str = Field(default="127.0.0.1", validation_alias=_env("metrics_host"))
+    metrics_port: int = Field(default=9103, ge=0, le=65535, validation_alias=_env("metrics_port"))
+    storage_root: Path = Field(
+        default=Path("./var/storage"), validation_alias=_env("storage_root", "OPENCLAW_STORAGE_ROOT")
+    )
+    """Each tenant's files live in storage_root/<tenant>/; file operations cannot leave it."""
+    max_attempts: int = Field(default=3, ge=1, le=20, validation_alias=_env("max_attempts"))
+    """Attempts of a task when its envelope does not say (retryable failures only)."""
+    retry_delays_ms: tuple[int, ...] = Field(
+        default=(1000, 5000, 30000), validation_alias=_env("retry_delays_ms")
+    )
+    """Back-off before attempt 2, 3, ... (the last value repeats); one delay queue per value."""
+    drain_seconds: float = Field(default=20.0, ge=0, le=25, validation_alias=_env("drain_seconds"))
+    """On SIGTERM, how long in-flight tasks may run before they are handed back (below Kubernetes' 30 s)."""
+    allow_private_network: bool = Field(default=False, validation_alias=_env("allow_private_network"))
+    """Let HTTP operations reach loopback, private and link-local addresses (off: SSRF protection)."""
+    credentials: dict[str, dict[str, str]] = Field(
+        default_factory=dict, validation_alias=_env("credentials"), repr=False
+    )
+    """Named credential sets that steps refer to with ``auth``, as JSON:
+    ``{"aws_credentials": {"aws_access_key_id": ..., "aws_secret_access_key": ..., "endpoint_url": ...,
+    "region_name": ...}, "api": {"bearer_token": ...}}``."""
+    http_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, validation_alias=_env("http_max_bytes"))
+    """Largest HTTP response or download an operation accepts."""
+    http_timeout_s: float = Field(default=30.0, gt=0, le=600, validation_alias=_env("http_timeout_s"))
+    """Default total timeout of one HTTP request made by an operation."""
+    router_timeout_s: float = Field(default=120.0, gt=0, le=1800, validation_alias=_env("router_timeout_s"))
+    max_output_bytes: int = Field(default=1024 * 1024, ge=1024, validation_alias=_env("max_output_bytes"))
+    """Largest JSON output a step may checkpoint (outputs live in Redis)."""
+
+    @field_validator("retry_delays_ms")
+    @classmethod
+    def _delays(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(d < 1 for d in value):
+            raise ValueError("needs at least one delay, each at least 1 ms")
+        return value
+
+    @field_validator("credentials")
+    @classmethod
+    def _credential_names(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for name in value:
+            if not name or len(name) > 64:
+                raise ValueError(f"credential set name {name!r} must be 1-64 characters")
+        return value
+
+    @property
+    def service(self) -> str:
+        """The name in logs and traces."""
+        return self.service_name or SERVICE_NAME

@@ -1,0 +1,479 @@
+"""The AMQP side of the executor: consume task envelopes, run them with the engine, settle each delivery once.
+
+Every delivery ends in exactly one ``_settle`` call: ack once the outcome is stored in Redis (and any
+retry or dead-letter copy is confirmed by RabbitMQ), or requeue when the worker is stopping or the
+outcome could not be stored. Poison messages are copied to the dead queue with the reason and acked;
+the quorum queue's delivery limit bounds anything that keeps crashing a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+    ConsumerTag,
+)
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from redis.exceptions import RedisError
+
+from openclaw.v1 import tasks_pb2
+from services.common import envelope, telemetry
+from services.common.envelope import ERROR_HEADER, TENANT_HEADER, now_ms
+from services.common.errors import InvalidInputError, NotFoundError, OpenClawError, UnavailableError
+from services.common.hop import Hop
+from services.common.publisher import TaskPublisher
+from services.common.taskstore import TERMINAL, TaskStore, check_task_id, check_tenant
+from services.common.topology import TASK_ROUTING_KEY, Topology
+from services.executor import metrics
+from services.executor.context import RunState
+from services.executor.dsl import Step, Workflow, parse_workflow
+from services.executor.engine import Engine, StepFailed, WorkflowCancelled
+from services.executor.templates import load_template
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("openclaw.executor")
+T = TypeVar("T")
+TASK_TYPE = "workflow.run"
+
+
+class Disposition(enum.Enum):
+    ACK = "ack"
+    REQUEUE = "requeue"
+
+
+class RedisCalls:
+    """Task-store calls across the "executor.redis" hop; Redis failures become UnavailableError."""
+
+    def __init__(self, store: TaskStore, hop: Hop) -> None:
+        self.store = store
+        self.hop = hop
+
+    async def __call__(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        try:
+            return await self.hop.call(fn, *args, **kwargs)
+        except RedisError as exc:
+            raise UnavailableError(f"Redis: {exc}") from exc
+
+
+class TaskJournal:
+    """The engine's Journal for one task, backed by the task store."""
+
+    def __init__(self, redis: RedisCalls, tenant: str, task_id: str, attempt: int) -> None:
+        self._redis, self._store = redis, redis.store
+        self._tenant, self._task_id, self._attempt = tenant, task_id, attempt
+
+    async def completed_steps(self) -> dict[str, Any]:
+        states = await self._redis(self._store.steps, self._tenant, self._task_id)
+        return {sid: s.get("output") for sid, s in states.items() if s.get("status") == "succeeded"}
+
+    async def step_started(self, step: Step) -> None:
+        await self._redis(
+            self._store.append_event,
+            self._tenant,
+            self._task_id,
+            "step.started",
+            step_id=step.id,
+            data={"type": step.type, "index": step.index, "attempt": self._attempt},
+        )
+
+    async def step_succeeded(self, step: Step, output: Any, duration_ms: float) -> None:
+        state = {
+            "status": "succeeded",
+            "type": step.type,
+            "output": output,
+            "duration_ms": round(duration_ms, 3),
+            "attempt": self._attempt,
+            "finished_ms": now_ms(),
+        }
+        await self._redis(self._store.checkpoint, self._tenant, self._task_id, step.id, state)
+
+    async def step_failed(self, step: Step, error: dict[str, Any], duration_ms: float) -> None:
+        state = {
+            "status": "failed",
+            "type": step.type,
+            "error": error,
+            "duration_ms": round(duration_ms, 3),
+            "attempt": self._attempt,
+            "finished_ms": now_ms(),
+        }
+        await self._redis(self._store.checkpoint, self._tenant, self._task_id, step.id, state)
+
+    async def cancel_requested(self) -> bool:
+        return await self._redis(self._store.cancel_requested, self._tenant, self._task_id)
+
+
+class Worker:
+    """Consumes the task queue with manual acks and an explicit prefetch; drains on stop."""
+
+    def __init__(
+        self,
+        *,
+        connection: AbstractRobustConnection,
+        topology: Topology,
+        store: TaskStore,
+        publisher: TaskPublisher,
+        engine: Engine,
+        prefetch: int,
+        max_attempts: int,
+        drain_seconds: float,
+        redis_hop: Hop | None = None,
+    ) -> None:
+        self._connection = connection
+        self._topology = topology
+        self._store = store
+        self._publisher = publisher
+        self._engine = engine
+        self._prefetch = prefetch
+        self._max_attempts = max_attempts
+        self._drain_seconds = drain_seconds
+        self._redis = RedisCalls(store, redis_hop or Hop("executor.redis"))
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: ConsumerTag | None = None
+        self._draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def consuming(self) -> bool:
+        """Whether the consumer is registered on an open channel."""
+        return self._tag is not None and self._channel is not None and not self._channel.is_closed
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        """Declare the topology and start consuming."""
+        self._channel = await self._connection.channel()
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        _, self._queue = await self._topology.declare(self._channel)
+        self._tag = await self._queue.consume(self._on_message, no_ack=False)
+        log.info("consuming", extra={"queue": self._topology.task_queue, "prefetch": self._prefetch})
+
+    async def stop(self) -> None:
+        """Stop taking work, let in-flight tasks finish within the drain period, hand back the rest."""
+        self._draining = True
+        if self._queue is not None and self._tag is not None and self._channel is not None:
+            try:
+                await self._queue.cancel(self._tag)
+            except Exception:  # the channel may already be gone; RabbitMQ then redelivers anyway
+                log.warning("could not cancel the consumer", exc_info=True)
+        self._tag = None
+        if self._tasks:
+            log.info("draining", extra={"in_flight": len(self._tasks), "drain_seconds": self._drain_seconds})
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self._drain_seconds)
+            if pending:
+                log.warning("handing back unfinished tasks", extra={"count": len(pending)})
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+        self._channel = None
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._draining:
+            await _settle(message, Disposition.REQUEUE)
+            return
+        task = asyncio.create_task(self._handle(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        metrics.IN_FLIGHT.inc()
+        disposition = Disposition.REQUEUE
+        try:
+            disposition = await self._process(message)
+        except asyncio.CancelledError:
+            log.info("task handed back", extra={"message_id": message.message_id})
+        except Exception:
+            # Typically Redis or RabbitMQ unavailable while storing the outcome: requeue after a pause
+            # (the quorum queue's delivery limit dead-letters a message that keeps failing).
+            log.exception("could not handle delivery; requeueing", extra={"message_id": message.message_id})
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(1.0)
+        finally:
+            metrics.IN_FLIGHT.dec()
+        await _settle(message, disposition)
+
+    async def _process(self, message: AbstractIncomingMessage) -> Disposition:
+        headers = dict(message.headers or {})
+        attributes: dict[str, Any] = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": self._topology.task_queue,
+            "messaging.rabbitmq.destination.routing_key": message.routing_key or TASK_ROUTING_KEY,
+            "messaging.message.body.size": len(message.body),
+        }
+        if message.message_id:
+            attributes["messaging.message.id"] = message.message_id
+        with _tracer.start_as_current_span(
+            f"process {self._topology.task_queue}",
+            context=telemetry.extract(headers),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        ) as span:
+            try:
+                env = envelope.from_message(message)
+                if env.type != TASK_TYPE:
+                    raise InvalidInputError(f"unknown message type {env.type!r}; expected {TASK_TYPE!r}")
+                check_tenant(env.tenant)
+                check_task_id(env.task_id)
+            except InvalidInputError as exc:
+                span.set_status(Status(StatusCode.ERROR, exc.message))
+                await self._poison(message, exc)
+                return Disposition.ACK
+            span.set_attributes(
+                {
+                    "openclaw.task.id": env.task_id,
+                    "openclaw.tenant": env.tenant,
+                    "openclaw.task.attempt": env.attempt,
+                    "openclaw.message.redelivered": bool(message.redelivered),
+                }
+            )
+            return await self._run(env, span)
+
+    async def _run(self, env: tasks_pb2.TaskEnvelope, span: trace.Span) -> Disposition:
+        tenant, task_id = env.tenant, env.task_id
+        record = await self._redis(self._store.get, tenant, task_id)
+        if record is None:
+            await self._dead_letter(env, {"code": "not_found", "message": "no task record for this envelope"})
+            return Disposition.ACK
+        if record.status in TERMINAL:
+            log.info("skipping ended task", extra={"task_id": task_id, "status": record.status})
+            if record.status == "cancelled":
+                metrics.TASKS.labels("cancelled").inc()
+            return Disposition.ACK
+        if record.cancel_requested:
+            await self._end(
+                env, "cancelled", "task.cancelled", error=_cancelled("cancelled before it started")
+            )
+            return Disposition.ACK
+        if env.deadline_unix_ms and now_ms() > env.deadline_unix_ms:
+            late = now_ms() - env.deadline_unix_ms
+            error = {
+                "code": "deadline_exceeded",
+                "message": f"the task's deadline passed {late} ms before it could start",
+                "retryable": False,
+            }
+            await self._end(env, "failed", "task.failed", error=error)
+            return Disposition.ACK
+
+        attempt = max(env.attempt, 1)
+        max_attempts = env.max_attempts if env.max_attempts > 0 else self._max_attempts
+        try:
+            workflow = self._workflow(env)
+            inputs = workflow.bind_inputs(_inputs(env))
+        except (InvalidInputError, NotFoundError) as exc:
+            await self._end(env, "failed", "task.failed", error=exc.to_dict())
+            return Disposition.ACK
+
+        changed, _ = await self._redis(
+            self._store.transition,
+            tenant,
+            task_id,
+            "running",
+            "task.started",
+            fields={"attempt": str(attempt)},
+            data={"attempt": attempt, "max_attempts": max_attempts},
+        )
+        if not changed:
+            return Disposition.ACK
+        started = time.perf_counter()
+        state = RunState(workflow=workflow, task_id=task_id, tenant=tenant, attempt=attempt, inputs=inputs)
+        try:
+            result = await self._engine.run(
+                workflow, state, TaskJournal(self._redis, tenant, task_id, attempt)
+            )
+        except WorkflowCancelled as exc:
+            step = exc.next_step
+            error = _cancelled(f"cancelled by request before step {step.id!r}") | {"step_id": step.id}
+            await self._end(env, "cancelled", "task.cancelled", error=error)
+        except StepFailed as exc:
+            span.set_status(Status(StatusCode.ERROR, exc.error.message))
+            await self._failed(env, exc.record(), exc.retryable, attempt, max_attempts)
+        except OpenClawError as exc:  # the journal could not reach Redis, for instance
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+            await self._failed(env, exc.to_dict(), exc.retryable, attempt, max_attempts)
+        else:
+            await self._end(env, "succeeded", "task.succeeded", result=result)
+        finally:
+            metrics.TASK_DURATION.observe(time.perf_counter() - started)
+        return Disposition.ACK
+
+    def _workflow(self, env: tasks_pb2.TaskEnvelope) -> Workflow:
+        if env.workflow_json:
+            doc: Any = env.workflow_json
+        elif env.template:
+            doc = load_template(env.template)
+        else:
+            raise InvalidInputError("the envelope has neither a workflow nor a template")
+        return parse_workflow(doc, known_ops=self._engine.catalogue)
+
+    async def _end(
+        self,
+        env: tasks_pb2.TaskEnvelope,
+        status: str,
+        event: str,
+        *,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        fields: dict[str, str] = {}
+        if result is not None or status == "succeeded":
+            fields["result"] = json.dumps(result, ensure_ascii=False)
+        if error is not None:
+            fields["error"] = json.dumps(error, ensure_ascii=False)
+        await self._redis(
+            self._store.transition,
+            env.tenant,
+            env.task_id,
+            status,
+            event,
+            fields=fields,
+            data=result,
+            error=error,
+        )
+        metrics.TASKS.labels(status).inc()
+        log.info(
+            "task %s", status, extra={"task_id": env.task_id, "tenant": env.tenant, "attempt": env.attempt}
+        )
+
+    async def _failed(
+        self,
+        env: tasks_pb2.TaskEnvelope,
+        error: dict[str, Any],
+        retryable: bool,
+        attempt: int,
+        max_attempts: int,
+    ) -> None:
+        if retryable and attempt < max_attempts:
+            delay = self._topology.retry_delay_ms(attempt)
+            # Status first, then the retry message: if the publish fails the delivery is requeued and this
+            # attempt simply runs again, while a status written after the publish could overwrite "running".
+            await self._redis(
+                self._store.transition,
+                env.tenant,
+                env.task_id,
+                "retrying",
+                "task.retrying",
+                fields={"error": json.dumps(error, ensure_ascii=False)},
+                data={"attempt": attempt, "next_attempt": attempt + 1, "delay_ms": delay},
+                error=error,
+            )
+            retry = tasks_pb2.TaskEnvelope()
+            retry.CopyFrom(env)
+            retry.attempt = attempt + 1
+            retry.max_attempts = max_attempts
+            await self._publisher.publish_to_queue(
+                self._topology.retry_queue(delay), envelope.to_message(retry)
+            )
+            metrics.TASKS.labels("retried").inc()
+            log.info("task retrying", extra={"task_id": env.task_id, "attempt": attempt, "delay_ms": delay})
+            return
+        if not retryable:
+            await self._end(env, "failed", "task.failed", error=error)
+            return
+        error = {
+            **error,
+            "attempts": attempt,
+            "message": f"gave up after {attempt} attempts: {error.get('message')}",
+        }
+        # The dead-letter copy first: if storing the status then fails, the redelivery runs again and
+        # dead-letters a duplicate, which is better than a failed task with no copy to replay.
+        await self._dead_letter(env, error)
+        await self._redis(
+            self._store.transition,
+            env.tenant,
+            env.task_id,
+            "failed",
+            "task.failed",
+            fields={"error": json.dumps(error, ensure_ascii=False)},
+            error=error,
+        )
+
+    async def _dead_letter(self, env: tasks_pb2.TaskEnvelope, error: dict[str, Any]) -> None:
+        headers = {ERROR_HEADER: json.dumps(error, ensure_ascii=False)}
+        await self._publisher.publish_to_queue(self._topology.dead_queue, envelope.to_message(env, headers))
+        metrics.TASKS.labels("dead_lettered").inc()
+        log.warning("task dead-lettered", extra={"task_id": env.task_id, "error": error.get("message")})
+
+    async def _poison(self, message: AbstractIncomingMessage, exc: InvalidInputError) -> None:
+        """Copy an undecodable delivery to the dead queue with the reason; fail its task if it names one."""
+        error = {"code": "poison_message", "message": exc.message, "retryable": False}
+        headers: dict[str, Any] = dict(message.headers or {})
+        headers[ERROR_HEADER] = json.dumps(error, ensure_ascii=False)
+        copy = aio_pika.Message(
+            body=message.body,
+            headers=headers,
+            content_type=message.content_type,
+            message_id=message.message_id,
+            type=message.type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await self._publisher.publish_to_queue(self._topology.dead_queue, copy)
+        metrics.TASKS.labels("dead_lettered").inc()
+        log.warning(
+            "poison message dead-lettered", extra={"message_id": message.message_id, "reason": exc.message}
+        )
+        tenant = headers.get(TENANT_HEADER)
+        tenant = tenant.decode() if isinstance(tenant, bytes) else tenant
+        task_id = message.message_id
+        if isinstance(tenant, str) and task_id:
+            try:
+                check_tenant(tenant)
+                check_task_id(task_id)
+            except InvalidInputError:
+                return
+            await self._redis(
+                self._store.transition,
+                tenant,
+                task_id,
+                "failed",
+                "task.failed",
+                fields={"error": json.dumps(error, ensure_ascii=False)},
+                error=error,
+            )
+
+
+def _inputs(env: tasks_pb2.TaskEnvelope) -> dict[str, Any]:
+    if not env.inputs_json:
+        return {}
+    try:
+        value = json.loads(env.inputs_json)
+    except ValueError as exc:
+        raise InvalidInputError(f"inputs: not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidInputError("inputs: must be a JSON object")
+    return value
+
+
+def _cancelled(message: str) -> dict[str, Any]:
+    return {"code": "cancelled", "message": message, "retryable": False}
+
+
+async def _settle(message: AbstractIncomingMessage, disposition: Disposition) -> None:
+    """The one place a delivery is acknowledged or handed back."""
+    try:
+        if disposition is Disposition.ACK:
+            await message.ack()
+        else:
+            await message.nack(requeue=True)
+    except Exception:
+        # After a reconnect the delivery tag belongs to a dead channel: RabbitMQ redelivers the message,
+        # and the handler is idempotent (an ended task is skipped).
+        log.warning("could not settle delivery", extra={"message_id": message.message_id}, exc_info=True)
