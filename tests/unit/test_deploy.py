@@ -185,7 +185,7 @@ def test_openclaw_services_run_the_one_image_as_a_locked_down_user(
         assert svc["command"] == ["python", "-m", f"services.{name}"]
         assert svc["user"] == "10001:10001" and svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
         assert "/tmp" in svc["tmpfs"], f"{name}: a read-only root needs a writable /tmp"
-        assert env_of(svc)["OPENCLAW_SERVICE_NAME"] == name
+        assert env_of(svc)["OPENCLAW_SERVICE_NAME"] == f"openclaw-{name}"
     assert len(images) == 1, f"one image for every OpenClaw process, got {images}"
 
 
