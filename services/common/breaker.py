@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pybreaker
@@ -99,9 +99,19 @@ class AsyncBreaker:
                     yield
             except pybreaker.CircuitBreakerError as exc:
                 raise BreakerOpenError(self.name, max(self.retry_after(), 0.05)) from exc
+            except (GeneratorExit, asyncio.CancelledError):
+                if probe:
+                    # pybreaker counts an excluded error as a success; an abandoned probe proved nothing.
+                    self._reopen_for_probe()
+                raise
         finally:
             if probe:
                 self._probe_in_flight = False
+
+    def _reopen_for_probe(self) -> None:
+        """Back to open, with the open period already elapsed so the next call probes at once."""
+        self._cb.open()
+        self._cb._state_storage.opened_at = datetime.now(UTC) - timedelta(seconds=float(self._cb.reset_timeout))
 
     def open(self) -> None:
         """Force the breaker open (operators and tests)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -57,12 +57,13 @@ def server_span(
         yield span
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], err: errors.OpenClawError) -> None:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], err: errors.OpenClawError) -> NoReturn:
     """End the call with err's status code; the error's wire form travels in trailing metadata."""
     span = trace.get_current_span()
     span.set_status(Status(StatusCode.ERROR, err.message))
     context.set_trailing_metadata(((_ERROR_KEY, json.dumps(err.to_dict(), default=str)),))
     await context.abort(err.grpc_status, err.message)
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.OpenClawError:

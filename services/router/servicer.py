@@ -1,0 +1,333 @@
+"""gRPC transport of the router: decode protobuf, call the domain, encode the answer; errors as statuses."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from openclaw.v1 import router_pb2, router_pb2_grpc
+from services.common import rpc
+from services.common.errors import InvalidInputError, OpenClawError
+from services.router.chat import ChatDelta, ChatRequest, ChatResult, Message, Route, ToolCall
+from services.router.registry import CONFIG_FIELDS, ModelSpec, Registry
+from services.router.routing import Router
+
+log = logging.getLogger(__name__)
+
+SERVICE = "openclaw.v1.RouterService"
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+_OUTPUT_ONLY = frozenset({"has_api_key"})
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+# -- decoding --------------------------------------------------------------------------------------
+
+
+def _invalid(field: str, problem: str) -> InvalidInputError:
+    return InvalidInputError(f"{field}: {problem}", field=field)
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        # Struct has only doubles; providers reject 100.0 where they expect an integer.
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    return None
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A protobuf Struct as plain JSON values (integral numbers as ints)."""
+    return {key: _value(item) for key, item in struct.fields.items()}
+
+
+def decode_chat(request: router_pb2.ChatRequest) -> ChatRequest:
+    """The domain request; InvalidInputError names the first bad field."""
+    if not request.model:
+        raise _invalid("model", "required: the name of a model (see ListModels)")
+    if not request.messages:
+        raise _invalid("messages", "at least one message is required")
+    messages = []
+    for index, m in enumerate(request.messages):
+        if m.role not in ROLES:
+            raise _invalid(
+                f"messages[{index}].role", f"must be one of {', '.join(sorted(ROLES))} (got {m.role!r})"
+            )
+        calls = (
+            tuple(ToolCall(c.id, c.name, c.arguments, c.type or "function") for c in m.tool_calls)
+            if m.tool_calls
+            else ()
+        )
+        messages.append(Message(m.role, m.content, m.name, m.tool_call_id, calls))
+    temperature = request.temperature if request.HasField("temperature") else None
+    if temperature is not None and not 0.0 <= temperature <= 2.0:
+        raise _invalid("temperature", f"must be between 0 and 2 (got {temperature:g})")
+    max_tokens = request.max_tokens if request.HasField("max_tokens") else None
+    if max_tokens is not None and max_tokens < 1:
+        raise _invalid("max_tokens", f"must be at least 1 (got {max_tokens})")
+    top_p = request.top_p if request.HasField("top_p") else None
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise _invalid("top_p", f"must be in (0, 1] (got {top_p:g})")
+    return ChatRequest(
+        model=request.model,
+        messages=tuple(messages),
+        temperature=temperature,
+        max_tokens=max_tokens,
+        top_p=top_p,
+        stop=tuple(request.stop),
+        user=request.user,
+        tenant=request.tenant,
+        request_id=request.request_id,
+        extra=struct_to_dict(request.extra) if request.HasField("extra") else {},
+    )
+
+
+def decode_model(model: router_pb2.Model) -> dict[str, Any]:
+    """An AddModel definition: the fields that are set (zero values mean "the default")."""
+    data: dict[str, Any] = {"name": model.name}
+    for name in CONFIG_FIELDS:
+        if name == "name":
+            continue
+        value = getattr(model, name)
+        if name == "fallback_models":
+            value = tuple(value)
+        if value:
+            data[name] = value
+    return data
+
+
+def decode_update(model: router_pb2.Model, paths: list[str]) -> dict[str, Any]:
+    """UpdateModel changes: the fields named by the mask, or every non-zero field when it is empty."""
+    if not paths:
+        data = decode_model(model)
+        data.pop("name", None)
+        return data
+    changes: dict[str, Any] = {}
+    for path in paths:
+        if path in _OUTPUT_ONLY:
+            raise _invalid(f"update_mask.{path}", "is output only")
+        if path not in CONFIG_FIELDS:
+            raise _invalid(f"update_mask.{path}", f"not a model field (known: {', '.join(CONFIG_FIELDS)})")
+        value = getattr(model, path)
+        changes[path] = tuple(value) if path == "fallback_models" else value
+    return changes
+
+
+# -- encoding --------------------------------------------------------------------------------------
+
+
+def encode_route(route: Route) -> router_pb2.RouteInfo:
+    """RouteInfo of a served request."""
+    return router_pb2.RouteInfo(
+        model=route.model,
+        provider=route.provider,
+        queue_ms=route.queue_ms,
+        simulated=route.simulated,
+        attempts=[
+            router_pb2.Attempt(
+                model=a.model,
+                provider=a.provider,
+                outcome=a.outcome,
+                error=a.error,
+                duration_ms=a.duration_ms,
+            )
+            for a in route.attempts
+        ],
+    )
+
+
+def _tool_calls(calls: tuple[ToolCall, ...]) -> list[router_pb2.ToolCall]:
+    return [router_pb2.ToolCall(id=c.id, type=c.type, name=c.name, arguments=c.arguments) for c in calls]
+
+
+def encode_response(result: ChatResult, route: Route) -> router_pb2.ChatResponse:
+    """A ChatResponse; ``model`` is the router model that served (see ``route`` for the attempts)."""
+    usage = result.usage
+    return router_pb2.ChatResponse(
+        id=result.id or f"chatcmpl-{uuid.uuid4().hex}",
+        model=route.model,
+        message=router_pb2.ChatMessage(
+            role="assistant", content=result.content, tool_calls=_tool_calls(result.tool_calls)
+        ),
+        finish_reason=result.finish_reason,
+        usage=router_pb2.Usage(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+        ),
+        route=encode_route(route),
+        created=result.created or int(time.time()),
+    )
+
+
+def encode_chunk(delta: ChatDelta, stream_id: str) -> router_pb2.ChatChunk:
+    """One ChatChunk; the route rides on the first and the last."""
+    chunk = router_pb2.ChatChunk(id=stream_id, delta=delta.text, finish_reason=delta.finish_reason)
+    if delta.tool_calls:
+        chunk.tool_calls.extend(_tool_calls(delta.tool_calls))
+    if delta.usage is not None:
+        u = delta.usage
+        chunk.usage.CopyFrom(
+            router_pb2.Usage(
+                prompt_tokens=u.prompt_tokens,
+                completion_tokens=u.completion_tokens,
+                total_tokens=u.total_tokens,
+            )
+        )
+    if delta.route is not None:
+        chunk.route.CopyFrom(encode_route(delta.route))
+        chunk.model = delta.route.model
+    return chunk
+
+
+def encode_model(spec: ModelSpec) -> router_pb2.Model:
+    """A Model as ListModels shows it: never the key itself, only whether there is one."""
+    return router_pb2.Model(
+        name=spec.name,
+        provider=spec.provider,
+        endpoint=spec.endpoint,
+        provider_model=spec.provider_model,
+        max_concurrency=spec.max_concurrency,
+        fallback_models=list(spec.fallback_models),
+        api_key_env=spec.api_key_env,
+        timeout_seconds=spec.timeout_seconds,
+        simulated=spec.simulated,
+        has_api_key=spec.has_api_key,
+    )
+
+
+def _deadline(context: Context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+# -- service ---------------------------------------------------------------------------------------
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):  # type: ignore[misc]
+    """openclaw.v1.RouterService over the Router and the Registry."""
+
+    def __init__(self, router: Router, registry: Registry) -> None:
+        self._router = router
+        self._registry = registry
+
+    async def Chat(self, request: router_pb2.ChatRequest, context: Context) -> router_pb2.ChatResponse:
+        with rpc.server_span(context, "Chat", SERVICE) as span:
+            span.set_attribute("gen_ai.request.model", request.model)
+            try:
+                result, route = await self._router.chat(decode_chat(request), deadline=_deadline(context))
+                return encode_response(result, route)
+            except OpenClawError as exc:
+                await rpc.abort(context, exc)
+                raise
+            except Exception as exc:
+                log.exception("Chat failed")
+                await rpc.abort(context, OpenClawError(f"internal error: {type(exc).__name__}"))
+                raise
+
+    async def ChatStream(
+        self, request: router_pb2.ChatRequest, context: Context
+    ) -> AsyncIterator[router_pb2.ChatChunk]:
+        with rpc.server_span(context, "ChatStream", SERVICE) as span:
+            span.set_attribute("gen_ai.request.model", request.model)
+            try:
+                stream_id = f"chatcmpl-{uuid.uuid4().hex}"
+                deltas = self._router.stream(decode_chat(request), deadline=_deadline(context))
+                model = ""
+                async with aclosing(deltas):
+                    async for delta in deltas:
+                        chunk = encode_chunk(delta, stream_id)
+                        if delta.route is not None:
+                            model = delta.route.model
+                        else:
+                            chunk.model = model
+                        yield chunk
+            except OpenClawError as exc:
+                await rpc.abort(context, exc)
+                raise
+            except Exception as exc:
+                log.exception("ChatStream failed")
+                await rpc.abort(context, OpenClawError(f"internal error: {type(exc).__name__}"))
+                raise
+
+    async def ListModels(
+        self, request: router_pb2.ListModelsRequest, context: Context
+    ) -> router_pb2.ListModelsResponse:
+        with rpc.server_span(context, "ListModels", SERVICE):
+            table = self._registry.snapshot
+            return router_pb2.ListModelsResponse(
+                models=[encode_model(spec) for spec in table.models.values()], version=table.version
+            )
+
+    async def AddModel(self, request: router_pb2.AddModelRequest, context: Context) -> router_pb2.Model:
+        with rpc.server_span(context, "AddModel", SERVICE):
+            try:
+                if not request.HasField("model") or not request.model.name:
+                    raise _invalid("model.name", "required")
+                spec = self._registry.add(decode_model(request.model))
+                _log_change("model added", spec, self._registry)
+                return encode_model(spec)
+            except OpenClawError as exc:
+                await rpc.abort(context, exc)
+                raise
+
+    async def UpdateModel(self, request: router_pb2.UpdateModelRequest, context: Context) -> router_pb2.Model:
+        with rpc.server_span(context, "UpdateModel", SERVICE):
+            try:
+                if not request.model.name:
+                    raise _invalid("model.name", "required: the model to update")
+                changes = decode_update(request.model, list(request.update_mask.paths))
+                spec = self._registry.update(request.model.name, changes)
+                _log_change("model updated", spec, self._registry, fields=sorted(changes))
+                return encode_model(spec)
+            except OpenClawError as exc:
+                await rpc.abort(context, exc)
+                raise
+
+    async def RemoveModel(
+        self, request: router_pb2.RemoveModelRequest, context: Context
+    ) -> router_pb2.RemoveModelResponse:
+        with rpc.server_span(context, "RemoveModel", SERVICE):
+            try:
+                if not request.name:
+                    raise _invalid("name", "required: the model to remove")
+                table = self._registry.snapshot
+                if request.name not in table:
+                    return router_pb2.RemoveModelResponse(removed=False, version=table.version)
+                table = self._registry.remove(request.name)
+                log.info("model removed", extra={"model": request.name, "version": table.version})
+                return router_pb2.RemoveModelResponse(removed=True, version=table.version)
+            except OpenClawError as exc:
+                await rpc.abort(context, exc)
+                raise
+
+
+def _log_change(what: str, spec: ModelSpec, registry: Registry, **extra: Any) -> None:
+    fields: Mapping[str, Any] = {
+        "model": spec.name,
+        "provider": spec.provider,
+        "endpoint": spec.endpoint,
+        "version": registry.snapshot.version,
+        **extra,
+    }
+    log.info(what, extra=dict(fields))
+
+
+def add_to_server(servicer: RouterServicer, server: grpc.aio.Server) -> None:
+    """Register the servicer on a server."""
+    router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)

@@ -1,0 +1,51 @@
+"""Settings of the router process: where it listens, which model table it loads, provider keys and limits."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import CommonSettings
+
+
+def _env(name: str) -> AliasChoices:
+    """Read the field from ``OPENCLAW_ROUTER_<NAME>`` (the shared prefix stays for shared fields)."""
+    return AliasChoices(f"OPENCLAW_ROUTER_{name.upper()}")
+
+
+class RouterSettings(CommonSettings):
+    """Read once at start-up; router fields come from ``OPENCLAW_ROUTER_*`` variables.
+
+    Shared fields keep their ``OPENCLAW_*`` names (``OPENCLAW_OTLP_ENDPOINT``, ``OPENCLAW_SIMULATOR_URL``);
+    provider keys are the providers' own ``OPENAI_API_KEY`` and ``ANTHROPIC_API_KEY``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="OPENCLAW_", extra="ignore", frozen=True, validate_by_name=True, validate_by_alias=True
+    )
+
+    listen: str = Field(
+        "127.0.0.1:50051", validation_alias=_env("listen"), pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$"
+    )
+    metrics_host: str = Field("127.0.0.1", validation_alias=_env("metrics_host"))
+    metrics_port: int = Field(9102, ge=0, le=65535, validation_alias=_env("metrics_port"))
+    models: str = Field("", validation_alias=_env("models"))
+    """Path to a YAML model table; empty means the bundled ``default_models.yaml``."""
+    simulator_url: str = Field("http://127.0.0.1:8090", pattern=r"^https?://\S+$")
+    """The bundled provider simulator (``OPENCLAW_SIMULATOR_URL``); endpoints under it are labelled simulated."""
+    openai_api_key: SecretStr = Field(
+        SecretStr(""), validation_alias=AliasChoices("OPENAI_API_KEY", "OPENCLAW_ROUTER_OPENAI_API_KEY")
+    )
+    anthropic_api_key: SecretStr = Field(
+        SecretStr(""), validation_alias=AliasChoices("ANTHROPIC_API_KEY", "OPENCLAW_ROUTER_ANTHROPIC_API_KEY")
+    )
+    drain_seconds: float = Field(20.0, ge=0, le=25, validation_alias=_env("drain_seconds"))
+    """Grace period on SIGTERM for in-flight calls (kept below Kubernetes' 30 s)."""
+    queue_timeout_seconds: float = Field(10.0, gt=0, le=600, validation_alias=_env("queue_timeout_seconds"))
+    """How long a request waits for a busy model's concurrency slot before trying the next model."""
+    max_queue: int = Field(1000, ge=0, le=1_000_000, validation_alias=_env("max_queue"))
+    """Requests allowed to wait per model; beyond that a busy model is skipped at once."""
+    breaker_fail_max: int = Field(5, ge=1, le=1000, validation_alias=_env("breaker_fail_max"))
+    """Consecutive provider failures that open a model's circuit breaker."""
+    breaker_reset_seconds: float = Field(30.0, gt=0, le=3600, validation_alias=_env("breaker_reset_seconds"))
+    """How long an open breaker waits before letting one probe through."""
