@@ -35,7 +35,7 @@ async def serve(settings: ExecutorSettings) -> None:
 
 def main() -> int:
     try:
-        settings = ExecutorSettings()  # type: ignore[call-arg]  # CommonSettings has positional Field defaults
+        settings = ExecutorSettings()
     except ValidationError as exc:
         # Name each bad setting without echoing its value: credentials are secrets.
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]

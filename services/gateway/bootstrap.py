@@ -1,0 +1,326 @@
+"""The gateway's composition root: builds every object of the process, serves HTTP and gRPC, drains on stop.
+
+``build(settings, **overrides)`` returns a GatewayApp; ``await app.start()`` connects to Redis, RabbitMQ
+and the router and binds both listeners (port 0 picks a free port; the real ones are in ``http_port`` and
+``grpc_port``); ``await app.stop()`` drains and closes everything. Tests pass overrides for the parts they
+own; what the app opened itself it also closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Any
+
+import aio_pika
+import grpc
+import uvicorn
+from aio_pika.abc import AbstractRobustConnection
+from redis.asyncio import Redis
+from starlette.types import ASGIApp
+
+from openclaw.v1 import gateway_pb2_grpc
+from services.common import rpc
+from services.common.publisher import TaskPublisher
+from services.common.redis_client import open_redis
+from services.common.router_client import RouterClient
+from services.common.taskstore import TaskStore
+from services.common.topology import Topology
+from services.gateway.auth import TokenVerifier
+from services.gateway.grpc_api import SERVICE_NAME, TaskServicer
+from services.gateway.http_api import ProbeRoutes, TaskRoutes, create_app
+from services.gateway.openai_api import ChatBackend, OpenAIRoutes
+from services.gateway.settings import GatewaySettings
+from services.gateway.tasks import EnvelopePublisher, TaskService, WorkflowCatalogue
+
+_log = logging.getLogger(__name__)
+_PROBE_TIMEOUT_S = 2.0
+
+
+class ExecutorCatalogue:
+    """Checks workflows with the executor's own DSL parser and operation catalogue, so a task the executor
+    would refuse is refused at submit time, before anything is queued."""
+
+    def __init__(self) -> None:
+        from services.executor import dsl, ops, templates
+
+        self._dsl = dsl
+        # Any: mypy resolves ``services.executor.templates`` to the data folder beside templates.py.
+        self._templates: Any = templates
+        self._ops = ops.catalogue()
+
+    def check_workflow(self, doc: dict[str, Any], inputs: dict[str, Any]) -> str:
+        workflow = self._dsl.parse_workflow(doc, known_ops=self._ops)
+        workflow.bind_inputs(inputs)
+        return str(workflow.name)
+
+    def load_template(self, name: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self._templates.load_template(name)
+        return doc
+
+
+class GatewayApp:
+    """The running gateway: the HTTP server (uvicorn) and the gRPC server on one event loop."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        verifier: TokenVerifier,
+        catalogue: WorkflowCatalogue,
+        topology: Topology,
+        redis: Redis | None = None,
+        amqp: AbstractRobustConnection | None = None,
+        router: ChatBackend | None = None,
+        publisher: EnvelopePublisher | None = None,
+        sse_heartbeat_s: float = 15.0,
+    ) -> None:
+        self.settings = settings
+        self.http_port = settings.http_port
+        self.grpc_port = settings.grpc_port
+        self._verifier = verifier
+        self._catalogue = catalogue
+        self._topology = topology
+        self._redis = redis
+        self._amqp = amqp
+        self._router = router
+        self._owned: set[str] = {
+            name for name, given in (("redis", redis), ("amqp", amqp), ("router", router)) if given is None
+        }
+        self._heartbeat_s = sse_heartbeat_s
+        self._draining = False
+        self._started = False
+        self._publisher = publisher
+        self._task_publisher: TaskPublisher | None = None
+        self._tasks: TaskService | None = None
+        self._asgi: ASGIApp | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._health: Any = None
+        self._http: uvicorn.Server | None = None
+        self._http_socket: socket.socket | None = None
+        self._http_tick: asyncio.Task[None] | None = None
+
+    @property
+    def asgi_app(self) -> ASGIApp:
+        """The HTTP app (server-agnostic ASGI), available after start()."""
+        assert self._asgi is not None, "start() first"
+        return self._asgi
+
+    @property
+    def draining(self) -> bool:
+        """True once stop() has begun: /readyz answers 503 and gRPC health says NOT_SERVING."""
+        return self._draining
+
+    async def start(self) -> None:
+        """Connect to Redis, RabbitMQ and the router, then serve gRPC and HTTP."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        settings = self.settings
+        if self._redis is None:
+            self._redis = open_redis(settings.redis_url)
+        if self._amqp is None:
+            self._amqp = await aio_pika.connect_robust(
+                settings.amqp_url,
+                client_properties={"connection_name": f"{settings.service}@{socket.gethostname()}"},
+            )
+        channel = await self._amqp.channel()
+        await self._topology.declare(channel)
+        await channel.close()
+        if self._router is None:
+            self._router = RouterClient(settings.router_addr, hop_name="gateway.router")
+        if self._publisher is None:
+            self._publisher = self._task_publisher = TaskPublisher(
+                self._amqp, self._topology, timeout_s=settings.publish_timeout_seconds
+            )
+        self._tasks = TaskService(
+            TaskStore(self._redis, settings.namespace),
+            self._publisher,
+            self._catalogue,
+            max_attempts=settings.task_max_attempts,
+        )
+        self._asgi = create_app(
+            [
+                TaskRoutes(
+                    self._tasks,
+                    self._verifier,
+                    max_body_bytes=settings.max_body_bytes,
+                    heartbeat_s=self._heartbeat_s,
+                ).routes(),
+                OpenAIRoutes(self._router, self._verifier, max_body_bytes=settings.max_body_bytes).routes(),
+                ProbeRoutes(self.readiness).routes(),
+            ]
+        )
+        await self._start_grpc(settings)
+        await self._start_http(settings)
+        self._started = True
+        _log.info(
+            "gateway serving",
+            extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "namespace": settings.namespace},
+        )
+
+    async def _start_grpc(self, settings: GatewaySettings) -> None:
+        assert self._tasks is not None
+        # No SO_REUSEPORT: a second gateway on the same port must fail, not silently share it.
+        self._grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        gateway_pb2_grpc.add_TaskServiceServicer_to_server(
+            TaskServicer(self._tasks, self._verifier), self._grpc
+        )
+        self._health = rpc.add_health_and_reflection(self._grpc, [SERVICE_NAME])
+        host = f"[{settings.grpc_host}]" if ":" in settings.grpc_host else settings.grpc_host
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(f"{host}:{settings.grpc_port}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen for gRPC on {host}:{settings.grpc_port}: {exc}") from exc
+        await self._grpc.start()
+
+    async def _start_http(self, settings: GatewaySettings) -> None:
+        assert self._asgi is not None
+        family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
+        try:
+            self._http_socket = socket.create_server(
+                (settings.http_host, settings.http_port), family=family, backlog=2048
+            )
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen for HTTP on {settings.http_host}:{settings.http_port}: {exc}"
+            ) from exc
+        self.http_port = self._http_socket.getsockname()[1]
+        config = uvicorn.Config(
+            self._asgi,
+            loop="uvloop" if _has_uvloop() else "asyncio",
+            http="httptools",
+            ws="none",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=int(settings.drain_seconds) or None,
+            backlog=2048,
+        )
+        config.load()
+        self._http = uvicorn.Server(config)
+        # Server.serve() would install its own signal handlers; the process's SIGTERM handling is ours.
+        self._http.lifespan = config.lifespan_class(config)
+        await self._http.startup(sockets=[self._http_socket])
+        self._http_tick = asyncio.create_task(self._http.main_loop(), name="uvicorn-tick")
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Whether to send work here: Redis, RabbitMQ and the router reachable, and not draining."""
+        if self._draining:
+            return False, {"gateway": "draining"}
+
+        async def redis() -> str:
+            assert self._redis is not None
+            await self._redis.ping()
+            return "ok"
+
+        async def rabbitmq() -> str:
+            if self._amqp is None or self._amqp.is_closed:
+                raise ConnectionError("connection closed")
+            return "ok"
+
+        async def router() -> str:
+            assert self._router is not None
+            await self._router.list_models()
+            return "ok"
+
+        names = ("redis", "rabbitmq", "router")
+        results = await asyncio.gather(
+            *(asyncio.wait_for(check, _PROBE_TIMEOUT_S) for check in (redis(), rabbitmq(), router())),
+            return_exceptions=True,
+        )
+        checks = {
+            name: result if isinstance(result, str) else f"error: {type(result).__name__}: {result}"
+            for name, result in zip(names, results, strict=True)
+        }
+        return all(v == "ok" for v in checks.values()), checks
+
+    async def stop(self) -> None:
+        """Drain: readiness 503, stop accepting, let in-flight work finish within drain_seconds, close all."""
+        self._draining = True
+        grace = self.settings.drain_seconds
+        if self._health is not None:
+            rpc.set_not_serving(self._health, [SERVICE_NAME])
+        if self._tasks is not None:
+            self._tasks.close()
+        await asyncio.gather(self._stop_http(), self._stop_grpc(grace))
+        if self._task_publisher is not None:
+            with contextlib.suppress(Exception):
+                await self._task_publisher.close()
+            self._task_publisher = self._publisher = None
+        if "router" in self._owned and isinstance(self._router, RouterClient):
+            await self._router.close()
+            self._router = None
+        if "amqp" in self._owned and self._amqp is not None:
+            await self._amqp.close()
+            self._amqp = None
+        if "redis" in self._owned and self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        if self._started:
+            _log.info("gateway stopped")
+        self._started = False
+
+    async def _stop_http(self) -> None:
+        if self._http is None:
+            if self._http_socket is not None:
+                self._http_socket.close()
+            return
+        self._http.should_exit = True
+        if self._http_tick is not None:
+            await self._http_tick
+        await self._http.shutdown(sockets=[self._http_socket] if self._http_socket else None)
+        self._http = None
+        self._http_socket = None
+
+    async def _stop_grpc(self, grace: float) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+            self._grpc = None
+
+
+def build(
+    settings: GatewaySettings,
+    *,
+    redis: Redis | None = None,
+    amqp: AbstractRobustConnection | None = None,
+    router: ChatBackend | None = None,
+    topology: Topology | None = None,
+    catalogue: WorkflowCatalogue | None = None,
+    verifier: TokenVerifier | None = None,
+    publisher: EnvelopePublisher | None = None,
+    sse_heartbeat_s: float = 15.0,
+) -> GatewayApp:
+    """Build the gateway from its settings; each keyword replaces the part it names (tests)."""
+    if settings.uses_dev_secret:
+        _log.warning(
+            "OPENCLAW_ENV=dev and no OPENCLAW_JWT_SECRET: using the built-in development secret, "
+            "which anyone can use to mint tokens; set OPENCLAW_JWT_SECRET outside development"
+        )
+    return GatewayApp(
+        settings,
+        verifier=verifier
+        or TokenVerifier(settings.jwt_key, issuer=settings.jwt_issuer, audience=settings.jwt_audience),
+        catalogue=catalogue or ExecutorCatalogue(),
+        topology=topology or Topology(settings.namespace),
+        redis=redis,
+        amqp=amqp,
+        router=router,
+        publisher=publisher,
+        sse_heartbeat_s=sse_heartbeat_s,
+    )
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,326 @@
+"""The HTTP transport: task routes, Server-Sent Events, probes and metrics, as one server-agnostic ASGI app.
+
+Handlers decode the request, call the task service with the tenant from the verified token, and encode the
+answer; errors become ``{"error": {"code", "message", "details"?}}`` with the error's HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common.errors import (
+    InvalidInputError,
+    OpenClawError,
+    PayloadTooLargeError,
+    UnavailableError,
+)
+from services.common.taskstore import TaskEventRecord, TaskRecord
+from services.gateway.auth import AuthError, Principal, TokenVerifier
+from services.gateway.metrics import HTTP_DURATION, HTTP_REQUESTS, UNMATCHED_ROUTE
+from services.gateway.tasks import MAX_WAIT_S, SubmitRequest, TaskService
+
+Readiness = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
+
+_tracer = trace.get_tracer("openclaw.gateway.http")
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
+_TRUE = frozenset({"1", "true", "yes"})
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def error_response(err: OpenClawError) -> JSONResponse:
+    """Our error shape with the error's status and the headers its kind calls for."""
+    body: dict[str, Any] = {"code": err.code, "message": err.message}
+    details = {k: v for k, v in err.details.items() if k != "reason"}
+    if details:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=err.http_status, headers=error_headers(err))
+
+
+def error_headers(err: OpenClawError) -> dict[str, str]:
+    """WWW-Authenticate on 401, Retry-After on 503, Connection: close when the body was not read."""
+    if isinstance(err, AuthError):
+        return {"WWW-Authenticate": err.www_authenticate()}
+    if isinstance(err, UnavailableError):
+        retry_after = err.details.get("retry_after", 1)
+        return {"Retry-After": str(max(1, math.ceil(float(retry_after))))}
+    if isinstance(err, PayloadTooLargeError):
+        return {"Connection": "close"}
+    return {}
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body parsed as JSON; 413 as soon as it passes limit bytes (Content-Length is not trusted)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"the request body is over the {limit}-byte limit", limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"the request body is over the {limit}-byte limit", limit=limit)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise InvalidInputError("the request body is empty; a JSON object is required")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"the request body is not UTF-8: {exc.reason}") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            line=exc.lineno,
+            column=exc.colno,
+        ) from exc
+
+
+def authenticate(verifier: TokenVerifier, request: Request) -> Principal:
+    """The caller, from the Authorization header."""
+    return verifier.authenticate(request.headers.get("authorization"))
+
+
+class TaskRoutes:
+    """POST/GET/DELETE /v1/tasks... over the task service."""
+
+    def __init__(
+        self, tasks: TaskService, verifier: TokenVerifier, *, max_body_bytes: int, heartbeat_s: float
+    ) -> None:
+        self._tasks = tasks
+        self._verifier = verifier
+        self._limit = max_body_bytes
+        self._heartbeat_s = heartbeat_s
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/tasks", self.submit, methods=["POST"]),
+            Route("/v1/tasks/{task_id}", self.get, methods=["GET"]),
+            Route("/v1/tasks/{task_id}", self.delete, methods=["DELETE"]),
+            Route("/v1/tasks/{task_id}/cancel", self.cancel, methods=["POST"]),
+            Route("/v1/tasks/{task_id}/events", self.events, methods=["GET"]),
+        ]
+
+    async def submit(self, request: Request) -> Response:
+        principal = authenticate(self._verifier, request)
+        doc = await read_json(request, self._limit)
+        submit = SubmitRequest.from_document(doc, idempotency_key=request.headers.get("idempotency-key", ""))
+        result = await self._tasks.submit(principal.tenant, submit)
+        headers = {"Location": f"/v1/tasks/{result.task.id}"}
+        if not result.created:
+            headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(
+            task_body(result.task), status_code=202 if result.created else 200, headers=headers
+        )
+
+    async def get(self, request: Request) -> Response:
+        principal = authenticate(self._verifier, request)
+        wait_s = _wait_param(request.query_params.get("wait"))
+        steps = request.query_params.get("steps", "").lower() in _TRUE
+        record = await self._tasks.get(
+            principal.tenant, request.path_params["task_id"], steps=steps, wait_s=wait_s
+        )
+        return JSONResponse(task_body(record))
+
+    async def cancel(self, request: Request) -> Response:
+        principal = authenticate(self._verifier, request)
+        record = await self._tasks.cancel(principal.tenant, request.path_params["task_id"])
+        return JSONResponse(task_body(record))
+
+    async def delete(self, request: Request) -> Response:
+        return await self.cancel(request)
+
+    async def events(self, request: Request) -> Response:
+        principal = authenticate(self._verifier, request)
+        after = request.headers.get("last-event-id") or request.query_params.get("after", "")
+        stream = await self._tasks.watch(
+            principal.tenant,
+            request.path_params["task_id"],
+            after=after.strip(),
+            heartbeat_s=self._heartbeat_s,
+        )
+        return StreamingResponse(_sse(stream), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def task_body(record: TaskRecord) -> dict[str, Any]:
+    """A task as the HTTP API shows it, with links to what can be done with it."""
+    body = record.to_api()
+    base = f"/v1/tasks/{record.id}"
+    body["links"] = {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"}
+    return body
+
+
+def sse_event(event: TaskEventRecord) -> bytes:
+    """One Server-Sent Event: id = stream position, event = type, data = the event as JSON."""
+    data = json.dumps(event.to_api(), separators=(",", ":"), ensure_ascii=False, default=str)
+    return f"id: {event.event_id}\nevent: {event.type}\ndata: {data}\n\n".encode()
+
+
+async def _sse(stream: AsyncGenerator[TaskEventRecord | None, None]) -> AsyncGenerator[bytes, None]:
+    try:
+        yield b"retry: 2000\n\n"
+        async for event in stream:
+            yield b": heartbeat\n\n" if event is None else sse_event(event)
+    finally:
+        await stream.aclose()
+
+
+def _wait_param(raw: str | None) -> float:
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise InvalidInputError(f"wait must be a number of seconds, got {raw!r}", field="wait") from None
+    if not 0 <= wait <= MAX_WAIT_S or math.isnan(wait):
+        raise InvalidInputError(f"wait must be between 0 and {MAX_WAIT_S:g} seconds", field="wait")
+    return wait
+
+
+class ProbeRoutes:
+    """/healthz (the process is alive), /readyz (dependencies reachable, not draining), /metrics."""
+
+    def __init__(self, readiness: Readiness) -> None:
+        self._readiness = readiness
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+        ]
+
+    async def healthz(self, _: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, _: Request) -> Response:
+        ready, checks = await self._readiness()
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    async def metrics(self, _: Request) -> Response:
+        return Response(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _openclaw_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OpenClawError)
+    return error_response(exc)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, method not allowed) in our error shape."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        {"error": {"code": code, "message": exc.detail}}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _internal_error(_: Request, exc: Exception) -> Response:
+    # Starlette logs the exception after this answer; the body says nothing about the internals.
+    return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, status_code=500)
+
+
+def create_app(route_groups: Sequence[Sequence[BaseRoute]]) -> ASGIApp:
+    """The gateway's ASGI app: the given routes behind tracing and request metrics."""
+    routes = [route for group in route_groups for route in group]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            OpenClawError: _openclaw_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+    return Observability(app, routes)
+
+
+class Observability:
+    """Pure ASGI middleware: a SERVER span per request (continuing ``traceparent``) and request metrics.
+
+    Labels use the route template, never the raw path; responses carry ``traceparent`` and ``x-trace-id``.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+        self._app = app
+        self._templates: dict[Any, str] = {
+            route.endpoint: route.path for route in routes if isinstance(route, Route)
+        }
+        self._durations: dict[tuple[str, str], Any] = {}
+        self._counts: dict[tuple[str, str, int], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        method: str = scope["method"]
+        carrier = {
+            k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _TRACE_HEADERS
+        }
+        parent = propagate.extract(carrier) if carrier else otel_context.Context()
+        status = 500
+        with _tracer.start_as_current_span(
+            method,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": method,
+                "url.path": scope["path"],
+                "url.scheme": scope.get("scheme", "http"),
+                "network.protocol.version": scope.get("http_version", "1.1"),
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            span_ctx = span.get_span_context()
+            extra: list[tuple[bytes, bytes]] = []
+            if span_ctx.is_valid:
+                trace_id = format(span_ctx.trace_id, "032x")
+                traceparent = f"00-{trace_id}-{span_ctx.span_id:016x}-{int(span_ctx.trace_flags):02x}"
+                extra = [(b"traceparent", traceparent.encode()), (b"x-trace-id", trace_id.encode())]
+
+            async def send_with_trace(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    if extra:
+                        message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                await send(message)
+
+            try:
+                await self._app(scope, receive, send_with_trace)
+            except Exception as exc:
+                span.record_exception(exc)
+                raise
+            finally:
+                route = self._templates.get(scope.get("endpoint"), UNMATCHED_ROUTE)
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                self._observe(route, method, status, time.perf_counter() - start)
+
+    def _observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        count = self._counts.get((route, method, status))
+        if count is None:
+            count = self._counts[(route, method, status)] = HTTP_REQUESTS.labels(route, method, str(status))
+        count.inc()
+        duration = self._durations.get((route, method))
+        if duration is None:
+            duration = self._durations[(route, method)] = HTTP_DURATION.labels(route, method)
+        duration.observe(seconds)

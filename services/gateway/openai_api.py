@@ -1,0 +1,466 @@
+"""OpenAI-compatible routes: /v1/chat/completions (plain and SSE) and /v1/models, over the router's gRPC API.
+
+Chat is interactive, so it goes straight to the router (tasks go through RabbitMQ). Requests and answers are
+translated to and from ``openclaw.v1`` protobuf; errors use OpenAI's shape so the official client raises
+the matching exception. The router's RouteInfo rides along as ``"openclaw": {"route": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import anyio
+from google.protobuf import struct_pb2
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from openclaw.v1 import router_pb2
+from services.common.errors import (
+    InvalidInputError,
+    NotFoundError,
+    OpenClawError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from services.gateway.auth import AuthError, TokenVerifier
+from services.gateway.http_api import SSE_HEADERS, authenticate, read_json
+
+SERVED_BY_HEADER = "x-openclaw-served-by"
+_DONE = b"data: [DONE]\n\n"
+# Fields this module maps itself; everything else is passed to the provider through ChatRequest.extra.
+_MAPPED = frozenset(
+    {"model", "messages", "temperature", "max_tokens", "max_completion_tokens", "top_p", "stop", "user", "n"}
+    | {"stream", "stream_options"}
+)
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class ChatBackend(Protocol):
+    """The router as the gateway uses it (services.common.router_client.RouterClient)."""
+
+    async def chat(self, request: router_pb2.ChatRequest) -> router_pb2.ChatResponse: ...
+
+    def chat_stream(self, request: router_pb2.ChatRequest) -> AsyncIterator[router_pb2.ChatChunk]: ...
+
+    async def list_models(self) -> router_pb2.ListModelsResponse: ...
+
+
+class OpenAIError(Exception):
+    """An error to answer in OpenAI's shape (for request problems this module finds itself)."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    kind: str | None = None,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """``{"error": {"message", "type", "code", "param"}}`` with the status."""
+    if kind is None:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "code": code, "param": param}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def translate_error(err: Exception, model: str = "") -> JSONResponse:
+    """An OpenClaw (or request) error as the OpenAI client expects to see it."""
+    if isinstance(err, OpenAIError):
+        return openai_error(err.status, err.message, param=err.param, code=err.code)
+    if isinstance(err, AuthError):
+        return openai_error(
+            401, err.message, code="invalid_api_key", headers={"WWW-Authenticate": err.www_authenticate()}
+        )
+    if isinstance(err, NotFoundError):
+        message = f"The model {model!r} does not exist or is not available" if model else err.message
+        return openai_error(404, message, code="model_not_found", param="model" if model else None)
+    if isinstance(err, InvalidInputError):
+        return openai_error(400, err.message)
+    if isinstance(err, ResourceExhaustedError | UnavailableError):
+        retry_after = str(max(1, math.ceil(float(err.details.get("retry_after", 1)))))
+        if isinstance(err, ResourceExhaustedError):
+            return openai_error(
+                429,
+                err.message,
+                kind="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": retry_after},
+            )
+        return openai_error(
+            503, err.message, code="service_unavailable", headers={"Retry-After": retry_after}
+        )
+    if isinstance(err, OpenClawError):
+        return openai_error(err.http_status, err.message, code=err.code)
+    raise err
+
+
+def route_info(route: router_pb2.RouteInfo) -> dict[str, Any]:
+    """RouteInfo as JSON: which model and provider served, queueing time, every attempt."""
+    return {
+        "model": route.model,
+        "provider": route.provider,
+        "queue_ms": route.queue_ms,
+        "simulated": route.simulated,
+        "attempts": [
+            {
+                "model": a.model,
+                "provider": a.provider,
+                "outcome": a.outcome,
+                "error": a.error,
+                "duration_ms": a.duration_ms,
+            }
+            for a in route.attempts
+        ],
+    }
+
+
+def to_chat_request(body: Any, *, tenant: str, request_id: str) -> router_pb2.ChatRequest:
+    """Translate an OpenAI chat completion body; OpenAIError naming the parameter if it is malformed."""
+    if not isinstance(body, dict):
+        raise OpenAIError(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise OpenAIError(400, "'model' is required and must be a string", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise OpenAIError(400, "'messages' must be a non-empty array", param="messages")
+    n = body.get("n", 1)
+    if n not in (1, None):
+        raise OpenAIError(400, "only n=1 is supported", param="n")
+    request = router_pb2.ChatRequest(
+        model=model,
+        messages=[_message(m, i) for i, m in enumerate(messages)],
+        tenant=tenant,
+        request_id=request_id,
+    )
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise OpenAIError(400, f"'{name}' must be a number", param=name)
+            setattr(request, name, float(value))
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
+            raise OpenAIError(400, "'max_tokens' must be a positive integer", param="max_tokens")
+        request.max_tokens = max_tokens
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        request.stop.append(stop)
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        request.stop.extend(stop)
+    elif stop is not None:
+        raise OpenAIError(400, "'stop' must be a string or an array of strings", param="stop")
+    user = body.get("user")
+    if isinstance(user, str):
+        request.user = user
+    extra = {k: v for k, v in body.items() if k not in _MAPPED}
+    if extra:
+        struct = struct_pb2.Struct()
+        struct.update(extra)
+        request.extra.CopyFrom(struct)
+    return request
+
+
+def _message(raw: Any, index: int) -> router_pb2.ChatMessage:
+    param = f"messages[{index}]"
+    if not isinstance(raw, dict):
+        raise OpenAIError(400, f"{param} must be an object", param=param)
+    role = raw.get("role")
+    if not isinstance(role, str) or not role:
+        raise OpenAIError(400, f"{param}.role is required", param=f"{param}.role")
+    message = router_pb2.ChatMessage(role=role, content=_content(raw.get("content"), f"{param}.content"))
+    if isinstance(raw.get("name"), str):
+        message.name = raw["name"]
+    if isinstance(raw.get("tool_call_id"), str):
+        message.tool_call_id = raw["tool_call_id"]
+    for j, call in enumerate(raw.get("tool_calls") or ()):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise OpenAIError(
+                400, f"{param}.tool_calls[{j}] needs a function name", param=f"{param}.tool_calls"
+            )
+        arguments = function.get("arguments", "")
+        message.tool_calls.append(
+            router_pb2.ToolCall(
+                id=str(call.get("id", "")),
+                type=str(call.get("type", "function")),
+                name=function["name"],
+                arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+            )
+        )
+    return message
+
+
+def _content(content: Any, param: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
+                raise OpenAIError(400, f"{param}: only text content parts are supported", param=param)
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise OpenAIError(400, f"{param} must be a string or an array of content parts", param=param)
+
+
+def _usage(usage: router_pb2.Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+def _tool_calls(calls: Any, *, streaming: bool) -> list[dict[str, Any]]:
+    out = []
+    for i, call in enumerate(calls):
+        item: dict[str, Any] = {
+            "id": call.id,
+            "type": call.type or "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        if streaming:
+            item["index"] = i
+        out.append(item)
+    return out
+
+
+def completion_body(response: router_pb2.ChatResponse, request_id: str) -> dict[str, Any]:
+    """A router ChatResponse as an OpenAI ``chat.completion``."""
+    message: dict[str, Any] = {
+        "role": response.message.role or "assistant",
+        "content": response.message.content,
+    }
+    if response.message.tool_calls:
+        message["tool_calls"] = _tool_calls(response.message.tool_calls, streaming=False)
+        message["content"] = response.message.content or None
+    body: dict[str, Any] = {
+        "id": response.id or request_id,
+        "object": "chat.completion",
+        "created": response.created or int(time.time()),
+        "model": response.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": response.finish_reason or "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(response.usage),
+    }
+    if response.HasField("route"):
+        body["openclaw"] = {"route": route_info(response.route)}
+    return body
+
+
+class OpenAIRoutes:
+    """The OpenAI-compatible surface, authenticated with the same bearer JWT as the task API."""
+
+    def __init__(self, backend: ChatBackend, verifier: TokenVerifier, *, max_body_bytes: int) -> None:
+        self._backend = backend
+        self._verifier = verifier
+        self._limit = max_body_bytes
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/models", self.list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
+        ]
+
+    async def chat_completions(self, request: Request) -> Response:
+        model = ""
+        try:
+            principal = authenticate(self._verifier, request)
+            body = await read_json(request, self._limit)
+            request_id = f"chatcmpl-{uuid.uuid4().hex}"
+            chat = to_chat_request(body, tenant=principal.tenant, request_id=request_id)
+            model = chat.model
+            if body.get("stream") is True:
+                options = body.get("stream_options") or {}
+                include_usage = isinstance(options, dict) and options.get("include_usage") is True
+                return _ChatStream(self._backend, chat, request_id, include_usage)
+            response = await self._backend.chat(chat)
+        except (OpenClawError, OpenAIError) as exc:
+            return translate_error(exc, model)
+        headers = {SERVED_BY_HEADER: response.route.model or response.model}
+        return JSONResponse(completion_body(response, request_id), headers=headers)
+
+    async def list_models(self, request: Request) -> Response:
+        try:
+            authenticate(self._verifier, request)
+            table = await self._backend.list_models()
+        except OpenClawError as exc:
+            return translate_error(exc)
+        return JSONResponse({"object": "list", "data": [_model(m) for m in table.models]})
+
+    async def get_model(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        try:
+            authenticate(self._verifier, request)
+            table = await self._backend.list_models()
+        except OpenClawError as exc:
+            return translate_error(exc)
+        for model in table.models:
+            if model.name == name:
+                return JSONResponse(_model(model))
+        return translate_error(NotFoundError(f"model {name!r} not found"), name)
+
+
+def _model(model: router_pb2.Model) -> dict[str, Any]:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": model.provider or "openclaw",
+        "openclaw": {
+            "provider": model.provider,
+            "simulated": model.simulated,
+            "max_concurrency": model.max_concurrency,
+            "fallback_models": list(model.fallback_models),
+        },
+    }
+
+
+class _ChatStream(Response):
+    """An ASGI response streaming ``chat.completion.chunk`` events, ending with ``data: [DONE]``.
+
+    The router stream is opened, read and closed in the one task that serves the request (its span
+    context must be detached where it was attached); the first chunk is read before the status line so a
+    refusal (unknown model, router down) still gets a proper status code.
+    """
+
+    def __init__(
+        self, backend: ChatBackend, request: router_pb2.ChatRequest, request_id: str, include_usage: bool
+    ) -> None:
+        # Response's constructor is not called: this class writes its own status line and headers.
+        self.status_code = 200
+        self.background = None
+        self._backend = backend
+        self._request = request
+        self._id = request_id
+        self._include_usage = include_usage
+        self._created = int(time.time())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = aiter(self._backend.chat_stream(self._request))
+        try:
+            try:
+                first: router_pb2.ChatChunk | None = await anext(stream)
+            except StopAsyncIteration:
+                first = None
+            except OpenClawError as exc:
+                await translate_error(exc, self._request.model)(scope, receive, send)
+                return
+            served_by = first.route.model if first is not None and first.route.model else self._request.model
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream; charset=utf-8"),
+                        *((k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()),
+                        (SERVED_BY_HEADER.encode(), served_by.encode()),
+                    ],
+                }
+            )
+            async with anyio.create_task_group() as group:
+
+                async def watch_disconnect() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch_disconnect)
+                await self._pump(stream, first, send)
+                group.cancel_scope.cancel()
+        finally:
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def _pump(
+        self, stream: AsyncIterator[router_pb2.ChatChunk], chunk: router_pb2.ChatChunk | None, send: Send
+    ) -> None:
+        async def emit(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        first = True
+        usage: dict[str, int] | None = None
+        route: dict[str, Any] | None = None
+        model = self._request.model
+        try:
+            while chunk is not None:
+                model = chunk.model or model
+                if chunk.HasField("usage"):
+                    usage = _usage(chunk.usage)
+                if chunk.HasField("route"):
+                    route = route_info(chunk.route)
+                if first or chunk.delta or chunk.tool_calls or chunk.finish_reason:
+                    delta: dict[str, Any] = {"role": "assistant"} if first else {}
+                    if chunk.delta or first:
+                        delta["content"] = chunk.delta
+                    if chunk.tool_calls:
+                        delta["tool_calls"] = _tool_calls(chunk.tool_calls, streaming=True)
+                    out = self._chunk(
+                        model,
+                        [
+                            {
+                                "index": 0,
+                                "delta": delta,
+                                "logprobs": None,
+                                "finish_reason": chunk.finish_reason or None,
+                            }
+                        ],
+                    )
+                    if chunk.HasField("route"):
+                        out["openclaw"] = {"route": route}
+                    await emit(b"data: " + _encode(out).encode() + b"\n\n")
+                    first = False
+                chunk = await anext(stream, None)
+        except OpenClawError as exc:
+            error = json.loads(bytes(translate_error(exc, self._request.model).body))
+            await emit(b"data: " + _encode(error).encode() + b"\n\n")
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if self._include_usage:
+            out = self._chunk(model, [])
+            out["usage"] = usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            if route is not None:
+                out["openclaw"] = {"route": route}
+            await emit(b"data: " + _encode(out).encode() + b"\n\n")
+        await send({"type": "http.response.body", "body": _DONE, "more_body": False})
+
+    def _chunk(self, model: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": model,
+            "choices": choices,
+        }
+        if self._include_usage:
+            out["usage"] = None
+        return out

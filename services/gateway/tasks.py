@@ -1,0 +1,334 @@
+"""The task service: submit, read, watch and cancel tasks for one tenant, whatever transport asked.
+
+HTTP, gRPC (and later WebSocket and MQTT) decode their input into these calls and encode what comes back;
+nothing here knows about a transport. A task is accepted only once RabbitMQ has confirmed its envelope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from redis.exceptions import RedisError
+
+from openclaw.v1 import tasks_pb2
+from services.common import telemetry
+from services.common.envelope import now_ms
+from services.common.errors import InvalidInputError, NotFoundError, OpenClawError, UnavailableError
+from services.common.hop import Hop
+from services.common.taskstore import TERMINAL, TaskEventRecord, TaskRecord, TaskStore, check_task_id
+from services.gateway.metrics import TASKS_SUBMITTED
+
+_log = logging.getLogger(__name__)
+
+ENVELOPE_TYPE = "workflow.run"
+MAX_WAIT_S = 60.0
+MAX_DEADLINE_S = 7 * 24 * 3600
+# Blocking reads are cut into slices shorter than the Redis client's socket timeout (5 s), which also
+# bounds how long a watcher takes to notice a drain.
+_BLOCK_SLICE_S = 4.0
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+_TERMINAL_EVENTS = frozenset({"task.succeeded", "task.failed", "task.cancelled"})
+
+_accepted = TASKS_SUBMITTED.labels("accepted")
+_replayed = TASKS_SUBMITTED.labels("replayed")
+_rejected = TASKS_SUBMITTED.labels("rejected")
+_unavailable = TASKS_SUBMITTED.labels("unavailable")
+
+
+class EnvelopePublisher(Protocol):
+    """Publishes a task envelope and returns once the broker has confirmed it (UnavailableError if not)."""
+
+    async def publish(self, env: tasks_pb2.TaskEnvelope, headers: dict[str, Any] | None = None) -> None: ...
+
+
+class WorkflowCatalogue(Protocol):
+    """What the executor accepts: checks a workflow document and resolves template names."""
+
+    def check_workflow(self, doc: dict[str, Any], inputs: dict[str, Any]) -> str:
+        """The workflow's name; InvalidInputError naming the problem's path if the executor would refuse it."""
+        ...
+
+    def load_template(self, name: str) -> dict[str, Any]:
+        """The workflow document of a template; NotFoundError if there is none by that name."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    """A task submission, as every transport decodes it."""
+
+    workflow: dict[str, Any] | None = None
+    template: str = ""
+    inputs: dict[str, Any] | None = None
+    deadline_seconds: float | None = None
+    idempotency_key: str = ""
+
+    @classmethod
+    def from_document(cls, doc: Any, *, idempotency_key: str = "") -> SubmitRequest:
+        """Decode a JSON body: ``{"workflow": {...}}`` or ``{"template": name, "inputs": {...}}``."""
+        if not isinstance(doc, dict):
+            raise InvalidInputError("the request body must be a JSON object")
+        unknown = sorted(set(doc) - {"workflow", "template", "inputs", "deadline_seconds"})
+        if unknown:
+            raise InvalidInputError(f"unknown field(s) in the request: {', '.join(unknown)}", fields=unknown)
+        deadline = doc.get("deadline_seconds")
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):
+            raise InvalidInputError("deadline_seconds must be a number", field="deadline_seconds")
+        template = doc.get("template", "")
+        if not isinstance(template, str):
+            raise InvalidInputError("template must be a string", field="template")
+        return cls(
+            workflow=doc.get("workflow"),
+            template=template,
+            inputs=doc.get("inputs"),
+            deadline_seconds=float(deadline) if deadline is not None else None,
+            idempotency_key=idempotency_key,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """The task a submit produced; created is False when an idempotent retry found the earlier one."""
+
+    task: TaskRecord
+    created: bool
+
+
+def is_terminal(event: TaskEventRecord) -> bool:
+    """Whether the event ends the task's stream."""
+    return event.type in _TERMINAL_EVENTS or event.status in TERMINAL
+
+
+class TaskService:
+    """Tasks of one deployment, addressed per tenant; the only way any transport touches tasks."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        publisher: EnvelopePublisher,
+        catalogue: WorkflowCatalogue,
+        *,
+        max_attempts: int = 3,
+        redis_hop: Hop | None = None,
+        publish_hop: Hop | None = None,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._catalogue = catalogue
+        self._max_attempts = max_attempts
+        self._redis = redis_hop or Hop("gateway.redis")
+        self._publish = publish_hop or Hop("gateway.amqp_publish")
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """Start draining: open watches and waits end at their next slice so the transport can finish."""
+        self._closing.set()
+
+    async def submit(self, tenant: str, request: SubmitRequest) -> Submitted:
+        """Validate, store and publish a task; returns once RabbitMQ has confirmed the envelope."""
+        try:
+            workflow_json, inputs_json, name = self._resolve(request)
+        except OpenClawError:
+            _rejected.inc()
+            raise
+        deadline_ms = 0
+        if request.deadline_seconds is not None:
+            deadline_ms = now_ms() + int(request.deadline_seconds * 1000)
+        record = TaskRecord(
+            id=uuid.uuid4().hex,
+            tenant=tenant,
+            status="queued",
+            name=name,
+            trace_id=telemetry.current_trace_id(),
+        )
+        async with self._redis_call("taskstore.create"):
+            record, created = await self._store.create(
+                record,
+                workflow_json=workflow_json,
+                inputs_json=inputs_json,
+                idempotency_key=request.idempotency_key,
+            )
+        if not created:
+            _replayed.inc()
+            return Submitted(record, False)
+        env = tasks_pb2.TaskEnvelope(
+            task_id=record.id,
+            tenant=tenant,
+            type=ENVELOPE_TYPE,
+            attempt=1,
+            max_attempts=self._max_attempts,
+            deadline_unix_ms=deadline_ms,
+            created_unix_ms=record.created_ms,
+            workflow_json=workflow_json,
+            template=request.template,
+            inputs_json=inputs_json,
+            idempotency_key=request.idempotency_key,
+        )
+        try:
+            async with self._publish.guard("amqp.publish", **{"messaging.system": "rabbitmq"}):
+                await self._publisher.publish(env)
+        except (Exception, asyncio.CancelledError) as exc:
+            _unavailable.inc()
+            await self._abandon(record, request.idempotency_key, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            retry_after = float(getattr(exc, "retry_after", 1.0) or 1.0)
+            raise UnavailableError(
+                "the task queue did not accept the task; retry later", retry_after=retry_after
+            ) from exc
+        _accepted.inc()
+        return Submitted(record, True)
+
+    async def get(self, tenant: str, task_id: str, *, steps: bool = False, wait_s: float = 0.0) -> TaskRecord:
+        """The task; with wait_s, first waits (bounded by MAX_WAIT_S) until it ends."""
+        if wait_s > 0:
+            check_task_id(task_id)
+            await self._wait_until_ended(tenant, task_id, min(wait_s, MAX_WAIT_S))
+        record = await self._require(tenant, task_id)
+        if steps:
+            async with self._redis_call("taskstore.steps"):
+                record.steps = await self._store.steps(tenant, task_id)
+        return record
+
+    async def watch(
+        self, tenant: str, task_id: str, *, after: str = "", heartbeat_s: float = 15.0
+    ) -> AsyncGenerator[TaskEventRecord | None, None]:
+        """The task's events after the given event id until its terminal event; None marks heartbeat_s of quiet.
+
+        Raises NotFoundError now (before any event) if the tenant has no such task.
+        """
+        if after and not _EVENT_ID.match(after):
+            raise InvalidInputError(f"invalid event id {after!r}", field="after_event_id")
+        record = await self._require(tenant, task_id)
+        return self._follow(tenant, task_id, after or "0-0", record.status in TERMINAL, heartbeat_s)
+
+    async def cancel(self, tenant: str, task_id: str) -> TaskRecord:
+        """Cancel a queued task at once or ask a running one to stop; returns the task afterwards."""
+        check_task_id(task_id)
+        async with self._redis_call("taskstore.cancel"):
+            status = await self._store.request_cancel(tenant, task_id)
+        if not status:
+            raise _not_found(task_id)
+        return await self._require(tenant, task_id)
+
+    def _resolve(self, request: SubmitRequest) -> tuple[str, str, str]:
+        """(workflow JSON, inputs JSON, name) of a valid request; raises naming what is wrong."""
+        if (request.workflow is None) == (not request.template):
+            raise InvalidInputError("give either 'workflow' or 'template', not both or neither")
+        if request.inputs is not None and not isinstance(request.inputs, dict):
+            raise InvalidInputError("inputs must be a JSON object", field="inputs")
+        if request.deadline_seconds is not None and not 0 < request.deadline_seconds <= MAX_DEADLINE_S:
+            raise InvalidInputError(
+                f"deadline_seconds must be in (0, {MAX_DEADLINE_S}]", field="deadline_seconds"
+            )
+        if request.idempotency_key and not _IDEMPOTENCY_KEY.match(request.idempotency_key):
+            raise InvalidInputError("the idempotency key must be 1-200 printable ASCII characters, no spaces")
+        if request.template:
+            doc = self._catalogue.load_template(request.template)
+        elif isinstance(request.workflow, dict):
+            doc = request.workflow
+        else:
+            raise InvalidInputError("workflow must be a JSON object", field="workflow")
+        name = self._catalogue.check_workflow(doc, request.inputs or {})
+        inputs_json = json.dumps(request.inputs, separators=(",", ":")) if request.inputs is not None else ""
+        return json.dumps(doc, separators=(",", ":")), inputs_json, name
+
+    async def _abandon(self, record: TaskRecord, idempotency_key: str, cause: BaseException) -> None:
+        """A task RabbitMQ did not take: mark it failed and free its key so a retry starts afresh."""
+        error = {"code": "unavailable", "message": f"the task was never queued: {cause}", "retryable": True}
+        try:
+            async with self._redis_call("taskstore.abandon"):
+                await self._store.transition(record.tenant, record.id, "failed", "task.failed", error=error)
+                await self._store.forget_idempotency(record.tenant, idempotency_key)
+        except Exception:  # the publish failure is what the caller must hear about, not this one
+            _log.warning("could not mark unqueued task %s failed", record.id, exc_info=True)
+
+    async def _require(self, tenant: str, task_id: str) -> TaskRecord:
+        check_task_id(task_id)
+        async with self._redis_call("taskstore.get"):
+            record = await self._store.get(tenant, task_id)
+        if record is None:
+            raise _not_found(task_id)
+        return record
+
+    async def _read(
+        self, tenant: str, task_id: str, after: str, block_s: float | None
+    ) -> list[TaskEventRecord]:
+        # Blocking reads go through the breaker only: their duration is the caller's wait, not Redis latency.
+        block_ms = None if block_s is None else max(1, int(block_s * 1000))
+        try:
+            async with self._redis.breaker.guard():
+                return await self._store.events(tenant, task_id, after=after, block_ms=block_ms)
+        except RedisError as exc:
+            raise _redis_unavailable(exc) from exc
+
+    @asynccontextmanager
+    async def _redis_call(self, name: str) -> AsyncIterator[None]:
+        """One call across the gateway.redis hop; Redis failures become UnavailableError (503, retryable)."""
+        try:
+            async with self._redis.guard(name):
+                yield
+        except RedisError as exc:
+            raise _redis_unavailable(exc) from exc
+
+    async def _wait_until_ended(self, tenant: str, task_id: str, wait_s: float) -> None:
+        """Block on the event stream (no polling) until a terminal event, the wait elapses or a drain.
+
+        The stream is read first without blocking: an ended task returns at once, and an empty stream means
+        there is no such task (every task starts with its ``task.queued`` event), which the caller reports.
+        """
+        deadline = time.monotonic() + wait_s
+        after, block = "0-0", None
+        while not self._closing.is_set():
+            events = await self._read(tenant, task_id, after, block)
+            if not events and block is None:
+                return
+            for event in events:
+                if is_terminal(event):
+                    return
+                after = event.event_id
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            block = min(remaining, _BLOCK_SLICE_S)
+
+    async def _follow(
+        self, tenant: str, task_id: str, after: str, ended: bool, heartbeat_s: float
+    ) -> AsyncGenerator[TaskEventRecord | None, None]:
+        quiet_since = time.monotonic()
+        while not self._closing.is_set():
+            block = None
+            if not ended:
+                block = min(_BLOCK_SLICE_S, max(0.001, quiet_since + heartbeat_s - time.monotonic()))
+            events = await self._read(tenant, task_id, after, block)
+            if not events:
+                if ended:
+                    return
+                if time.monotonic() - quiet_since >= heartbeat_s:
+                    yield None
+                    quiet_since = time.monotonic()
+                continue
+            for event in events:
+                after = event.event_id
+                yield event
+                if is_terminal(event):
+                    return
+            quiet_since = time.monotonic()
+
+
+def _redis_unavailable(exc: RedisError) -> UnavailableError:
+    return UnavailableError(f"the task store (Redis) is unavailable: {exc}", retry_after=1.0)
+
+
+def _not_found(task_id: str) -> NotFoundError:
+    return NotFoundError(f"task {task_id!r} not found", task_id=task_id)
