@@ -111,7 +111,9 @@ class AsyncBreaker:
     def _reopen_for_probe(self) -> None:
         """Back to open, with the open period already elapsed so the next call probes at once."""
         self._cb.open()
-        self._cb._state_storage.opened_at = datetime.now(UTC) - timedelta(seconds=float(self._cb.reset_timeout))
+        self._cb._state_storage.opened_at = datetime.now(UTC) - timedelta(
+            seconds=float(self._cb.reset_timeout)
+        )
 
     def open(self) -> None:
         """Force the breaker open (operators and tests)."""
