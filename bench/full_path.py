@@ -162,6 +162,7 @@ async def _main(args: argparse.Namespace) -> list[Cell]:
                     )
     finally:
         stack.stop()
+        stack.purge()
     return cells
 
 

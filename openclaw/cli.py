@@ -61,7 +61,7 @@ OpenClaw is running (logs in {config.log_dir}/). Models are served by the SIMULA
 
   export OPENCLAW_TOKEN={token}
 
-  # run the design article's workflow (file_download needs credentials for s3://; this one uses http)
+  # a first task: one LLM step, then read its result
   curl -s {config.gateway_url}/v1/tasks -H "Authorization: Bearer $OPENCLAW_TOKEN" -H 'Content-Type: application/json' \\
     -d '{{"workflow": {{"name": "hello", "steps": [{{"type": "llm_call", "params": {{"model": "llama-3", "prompt": "Say hello"}}}}]}}}}'
   curl -s "{config.gateway_url}/v1/tasks/<id>?wait=10" -H "Authorization: Bearer $OPENCLAW_TOKEN"

@@ -5,6 +5,7 @@ Used by `openclaw run`, the end-to-end tests and the benchmarks, so all three st
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -125,6 +126,25 @@ class StackConfig:
         return env
 
 
+async def _purge(config: StackConfig) -> None:
+    import aio_pika
+
+    from services.common.redis_client import open_redis
+    from services.common.topology import Topology
+
+    connection = await aio_pika.connect(config.amqp_url)
+    try:
+        await Topology(config.namespace).delete(await connection.channel())
+    finally:
+        await connection.close()
+    redis = open_redis(config.redis_url)
+    try:
+        async for key in redis.scan_iter(match=f"{config.namespace}:*", count=1000):
+            await redis.delete(key)
+    finally:
+        await redis.aclose()
+
+
 @dataclass
 class _Proc:
     name: str
@@ -151,7 +171,13 @@ class LocalStack:
         env.update(env_overrides or {})
         env["OPENCLAW_SERVICE_INSTANCE"] = name
         popen = subprocess.Popen(
-            [self._python, "-m", module], cwd=self._cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+            [self._python, "-m", module],
+            cwd=self._cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Own process group: a terminal's Ctrl-C reaches only us, and we stop the services in order.
+            start_new_session=True,
         )
         proc = _Proc(name, popen, log, log_path)
         self._procs.append(proc)
@@ -226,6 +252,10 @@ class LocalStack:
             proc.log.close()
         self._procs.clear()
         return codes
+
+    def purge(self) -> None:
+        """Delete this stack's queues and Redis keys (isolated stacks of tests and benchmarks)."""
+        asyncio.run(_purge(self.config))
 
     def kill(self, name: str) -> None:
         """SIGKILL one process (failure tests)."""

@@ -67,6 +67,7 @@ def stack(
         raise
     yield stack
     codes = stack.stop()
+    stack.purge()
     assert all(code == 0 for code in codes.values()), f"unclean exits on SIGTERM: {codes}"
 
 
