@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -114,6 +115,14 @@ class AsyncBreaker:
         self._cb._state_storage.opened_at = datetime.now(UTC) - timedelta(
             seconds=float(self._cb.reset_timeout)
         )
+
+    def release(self) -> None:
+        """Drop this breaker's metric series (a bounded cache evicted it), keeping label sets bounded."""
+        with contextlib.suppress(KeyError):
+            BREAKER_STATE.remove(self.name)
+        for state in _STATE_VALUE:
+            with contextlib.suppress(KeyError):
+                BREAKER_TRANSITIONS.remove(self.name, state)
 
     def open(self) -> None:
         """Force the breaker open (operators and tests)."""

@@ -210,3 +210,23 @@ async def test_forced_open_and_close() -> None:
         await succeed(b)
     b.close()
     await succeed(b)
+
+
+async def test_release_drops_the_breakers_metric_series() -> None:
+    b = breaker(fail_max=1)
+    await fail(b)
+    names = {
+        s.labels.get("breaker")
+        for f in REGISTRY.collect()
+        for s in f.samples
+        if f.name.startswith("openclaw_breaker")
+    }
+    assert b.name in names
+    b.release()
+    names = {
+        s.labels.get("breaker")
+        for f in REGISTRY.collect()
+        for s in f.samples
+        if f.name.startswith("openclaw_breaker")
+    }
+    assert b.name not in names

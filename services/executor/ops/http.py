@@ -180,7 +180,8 @@ class HttpClient:
             hop = Hop(HOP_NAME, breaker=AsyncBreaker(f"{HOP_NAME}:{host}", fail_max=5, reset_timeout=30.0))
             self._hops[host] = hop
             while len(self._hops) > self._max_hosts:
-                self._hops.popitem(last=False)
+                _, evicted = self._hops.popitem(last=False)
+                evicted.breaker.release()
         else:
             self._hops.move_to_end(host)
         return hop
