@@ -48,7 +48,8 @@ format:
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-bench: ## side-by-side benchmarks (not part of CI)
+bench: ## side-by-side benchmarks against the peers (not part of CI)
+	$(PIP) install -q -e '.[dev,bench]'
 	$(PY) -m bench.full_path
 
 clean:

@@ -7,7 +7,9 @@ POST /v1/tasks and then long-polls GET /v1/tasks/{id}?wait=30 until it has ended
 Each cell (concurrency × simulator latency) warms up for 2 s, then measures for --seconds; RPS = completed tasks /
 measured time; failures are counted, never retried. The same client also measures the simulator alone (one
 POST /v1/chat/completions per request) at the same settings: "added" is p50(full path) − p50(simulator alone),
-the cost of the platform itself at concurrency 1. Everything shares this machine's cores, client included.
+the cost of the platform itself at concurrency 1. The peer, Celery (bench/celery_peer.py, method there), runs the
+same work in the same run against the same simulator, and the table reports full path ÷ Celery. Everything shares
+this machine's cores, client included.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import ModuleType
 
 import aiohttp
 
@@ -114,6 +117,29 @@ async def _run_cell(
     )
 
 
+def _load_peer() -> ModuleType | None:
+    try:
+        from bench import celery_peer
+    except ImportError:
+        print("celery is not installed (pip install -e '.[bench]'): running without the peer", flush=True)
+        return None
+    return celery_peer
+
+
+def _celery_cell(peer: ModuleType, simulator_url: str, concurrency: int, seconds: float) -> Cell:
+    latencies, errors, elapsed = peer.run_closed_loop(simulator_url, concurrency, seconds)
+    return Cell(
+        "celery",
+        concurrency,
+        0,
+        len(latencies),
+        errors,
+        len(latencies) / elapsed,
+        _pct(latencies, 0.5),
+        _pct(latencies, 0.99),
+    )
+
+
 async def _set_latency(sim_url: str, latency_ms: int) -> None:
     url = f"{sim_url}/_sim/models/bench"
     async with (
@@ -137,6 +163,7 @@ async def _main(args: argparse.Namespace) -> list[Cell]:
     )
     config.extra_env["OPENCLAW_ROUTER_MODELS"] = str(models)
     stack = LocalStack(config)
+    peer = _load_peer() if args.peer == "celery" else None
     print(f"starting the platform ({args.executors} executor process(es)); logs in {tmp}/log", flush=True)
     stack.start(progress=True)
     try:
@@ -144,16 +171,25 @@ async def _main(args: argparse.Namespace) -> list[Cell]:
             config.jwt_secret, tenant="bench", ttl_s=3600, issuer="openclaw", audience="openclaw-api"
         )
         headers = {"Authorization": f"Bearer {token}"}
+        worker = None
+        if peer is not None:
+            print("starting the peer: a Celery worker (threads pool, 64 threads)", flush=True)
+            worker = peer.start_worker(f"{tmp}/log/celery.log")
+            await asyncio.to_thread(peer.wait_ready, config.simulator_url)
         for latency in args.latencies:
             await _set_latency(config.simulator_url, latency)
             for concurrency in args.concurrency:
-                for target, base in (
-                    ("simulator", f"{config.simulator_url}/v1"),
-                    ("full_path", config.gateway_url),
-                ):
-                    base_url = base if target == "full_path" else config.simulator_url
+                targets = ["simulator", "full_path"] + (["celery"] if peer is not None else [])
+                for target in targets:
                     print(f"  {target:<10} c={concurrency:<3} sim={latency}ms ...", end="", flush=True)
-                    cell = await _run_cell(target, base_url, headers, concurrency, args.seconds)
+                    if target == "celery":
+                        assert peer is not None
+                        cell = await asyncio.to_thread(
+                            _celery_cell, peer, config.simulator_url, concurrency, args.seconds
+                        )
+                    else:
+                        base_url = config.gateway_url if target == "full_path" else config.simulator_url
+                        cell = await _run_cell(target, base_url, headers, concurrency, args.seconds)
                     cell.sim_latency_ms = latency
                     cells.append(cell)
                     print(
@@ -161,8 +197,11 @@ async def _main(args: argparse.Namespace) -> list[Cell]:
                         flush=True,
                     )
     finally:
+        if peer is not None and worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
         stack.stop()
-        stack.purge()
+        await asyncio.to_thread(stack.purge)  # purge runs its own event loop
     return cells
 
 
@@ -174,29 +213,38 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--latencies", type=int, nargs="+", default=[0, 50], help="simulator latency in ms")
     parser.add_argument("--executors", type=int, default=1)
+    parser.add_argument("--peer", choices=["celery", "none"], default="celery", help="measure Celery too")
     parser.add_argument("--out", default="bench/results/full_path.json")
     args = parser.parse_args()
     ensure_local_services()
     cells = asyncio.run(_main(args))
     print(
-        "\n| sim latency | concurrency | simulator alone req/s · p50 | full path req/s · p50 · p99 | added p50 |"
+        "\n| sim latency | concurrency | simulator alone req/s · p50 | full path req/s · p50 · p99 | added p50 "
+        "| Celery req/s · p50 · p99 | full path ÷ Celery (req/s) |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
+
+    def find(target: str, concurrency: int, latency: int) -> Cell | None:
+        return next(
+            (
+                c
+                for c in cells
+                if (c.target, c.concurrency, c.sim_latency_ms) == (target, concurrency, latency)
+            ),
+            None,
+        )
+
     for latency in args.latencies:
         for concurrency in args.concurrency:
-            sim = next(
-                c
-                for c in cells
-                if c.target == "simulator" and c.concurrency == concurrency and c.sim_latency_ms == latency
-            )
-            full = next(
-                c
-                for c in cells
-                if c.target == "full_path" and c.concurrency == concurrency and c.sim_latency_ms == latency
-            )
+            sim, full = find("simulator", concurrency, latency), find("full_path", concurrency, latency)
+            peer = find("celery", concurrency, latency)
+            assert sim is not None and full is not None
+            peer_text = f"{peer.rps:.0f} · {peer.p50_ms:.2f} · {peer.p99_ms:.2f} ms" if peer else "—"
+            ratio = f"{full.rps / peer.rps:.2f}×" if peer and peer.rps else "—"
             print(
                 f"| {latency} ms | {concurrency} | {sim.rps:.0f} · {sim.p50_ms:.2f} ms | "
-                f"{full.rps:.0f} · {full.p50_ms:.2f} · {full.p99_ms:.2f} ms | {full.p50_ms - sim.p50_ms:+.2f} ms |"
+                f"{full.rps:.0f} · {full.p50_ms:.2f} · {full.p99_ms:.2f} ms | {full.p50_ms - sim.p50_ms:+.2f} ms "
+                f"| {peer_text} | {ratio} |"
             )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
