@@ -15,6 +15,10 @@
 
 Errors raise subclasses of :class:`RouterError` carrying the server's message, e.g.
 :class:`ModelNotFoundError` for an unknown model.
+
+``add_model``, ``update_model`` and ``remove_model`` are admin calls: they carry ``admin_token`` (default
+``$OPENCLAW_ROUTER_ADMIN_TOKEN``) as a bearer token, and raise :class:`AdminAccessError` when the router
+refuses them.
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ from openclaw.v1 import router_pb2, router_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "OPENCLAW_ROUTER_ADDR"
+ADMIN_TOKEN_ENV = "OPENCLAW_ROUTER_ADMIN_TOKEN"
 _ERROR_KEY = "openclaw-error"
 
 __all__ = [
+    "AdminAccessError",
     "Attempt",
     "ChatResult",
     "ChatStream",
@@ -44,10 +50,12 @@ __all__ = [
     "ModelInfo",
     "ModelNotFoundError",
     "ModelRouter",
+    "PermissionDeniedError",
     "RouteInfo",
     "RouterBusyError",
     "RouterError",
     "RouterUnavailableError",
+    "UnauthenticatedError",
     "Usage",
 ]
 
@@ -87,7 +95,21 @@ class RouterUnavailableError(RouterError):
     """The router is unreachable, or every model in the fallback chain failed (see ``details["attempts"]``)."""
 
 
+class AdminAccessError(RouterError):
+    """The router refused an admin call (``add_model``, ``update_model``, ``remove_model``)."""
+
+
+class UnauthenticatedError(AdminAccessError):
+    """No admin token, or the wrong one: pass ``admin_token=`` or set ``OPENCLAW_ROUTER_ADMIN_TOKEN``."""
+
+
+class PermissionDeniedError(AdminAccessError):
+    """The router has no admin token configured and listens beyond loopback, so it refuses every admin call."""
+
+
 _BY_STATUS: dict[grpc.StatusCode, type[RouterError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.NOT_FOUND: ModelNotFoundError,
     grpc.StatusCode.ALREADY_EXISTS: ModelExistsError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
@@ -325,12 +347,20 @@ class ModelRouter:
     """A synchronous client of the router: manage models at run time and send chat requests.
 
     ``address`` defaults to ``$OPENCLAW_ROUTER_ADDR``, else ``127.0.0.1:50051``. ``timeout`` is the default
-    deadline of a call in seconds. Use as a context manager, or call :meth:`close`.
+    deadline of a call in seconds. ``admin_token`` (default ``$OPENCLAW_ROUTER_ADMIN_TOKEN``) is sent as
+    ``authorization: Bearer <token>`` on the admin calls only; a router that listens on loopback without a
+    token of its own needs none. Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, address: str | None = None, *, timeout: float = 120.0) -> None:
+    def __init__(
+        self, address: str | None = None, *, timeout: float = 120.0, admin_token: str | None = None
+    ) -> None:
         self.address = address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
         self.timeout = timeout
+        token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV, "")
+        self._admin_metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
         self._channel = grpc.insecure_channel(self.address)
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
 
@@ -356,7 +386,9 @@ class ModelRouter:
         "anthropic". ``endpoint`` may be a base URL (``http://host:8000/v1``), a ``.../v1/chat`` URL or the
         full completions URL; empty means the provider's public API. ``fallback_models`` are tried in order
         when this model fails or is unavailable. ``api_key_env`` names an environment variable of the
-        router process holding the key. Raises :class:`ModelExistsError` if the name is taken.
+        router process holding the key; the router accepts only names matching its
+        ``OPENCLAW_ROUTER_API_KEY_ENV_PATTERN`` (by default ``..._API_KEY``). Raises :class:`ModelExistsError` if
+        the name is taken, :class:`AdminAccessError` if the router refuses admin calls from this client.
         """
         model = router_pb2.Model(
             name=name,
@@ -370,7 +402,7 @@ class ModelRouter:
             timeout_seconds=timeout_seconds,
             simulated=simulated,
         )
-        return _model_info(self._call(self._stub.AddModel, router_pb2.AddModelRequest(model=model)))
+        return _model_info(self._admin(self._stub.AddModel, router_pb2.AddModelRequest(model=model)))
 
     def update_model(self, name: str, **changes: Any) -> ModelInfo:
         """Change some fields of a model (e.g. ``max_concurrency=20``); the others keep their values.
@@ -390,11 +422,11 @@ class ModelRouter:
         request = router_pb2.UpdateModelRequest(
             model=model, update_mask=field_mask_pb2.FieldMask(paths=sorted(changes))
         )
-        return _model_info(self._call(self._stub.UpdateModel, request))
+        return _model_info(self._admin(self._stub.UpdateModel, request))
 
     def remove_model(self, name: str) -> bool:
         """Unregister a model; False if it was not registered. In-flight requests still finish."""
-        response = self._call(self._stub.RemoveModel, router_pb2.RemoveModelRequest(name=name))
+        response = self._admin(self._stub.RemoveModel, router_pb2.RemoveModelRequest(name=name))
         return bool(response.removed)
 
     def list_models(self) -> list[ModelInfo]:
@@ -487,11 +519,21 @@ class ModelRouter:
 
     # -- plumbing --
 
-    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    def _call(
+        self,
+        method: Any,
+        request: Any,
+        timeout: float | None = None,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> Any:
         try:
-            return method(request, timeout=timeout or self.timeout)
+            return method(request, timeout=timeout or self.timeout, metadata=metadata or None)
         except grpc.RpcError as exc:
             raise _error(exc) from None
+
+    def _admin(self, method: Any, request: Any) -> Any:
+        """An admin call: the same as any other, with the bearer token."""
+        return self._call(method, request, metadata=self._admin_metadata)
 
     def close(self) -> None:
         """Close the connection."""

@@ -15,7 +15,7 @@ from services.common.ops_server import OpsServer
 from services.router.providers import HttpPool, ProviderAdapter, build_adapters
 from services.router.registry import ModelSpec, Registry, SpecContext, load_models
 from services.router.routing import Router, RoutingPolicy
-from services.router.servicer import SERVICE, RouterServicer, add_to_server
+from services.router.servicer import SERVICE, AdminAccess, RouterServicer, add_to_server, is_loopback
 from services.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,15 @@ def spec_context(settings: RouterSettings, env: Mapping[str, str]) -> SpecContex
     merged["OPENCLAW_SIMULATOR_URL"] = settings.simulator_url.rstrip("/")
     merged["OPENAI_API_KEY"] = settings.openai_api_key.get_secret_value()
     merged["ANTHROPIC_API_KEY"] = settings.anthropic_api_key.get_secret_value()
-    return SpecContext(env=merged, simulator_url=settings.simulator_url)
+    return SpecContext(
+        env=merged, simulator_url=settings.simulator_url, api_key_env_pattern=settings.api_key_env_pattern
+    )
+
+
+def admin_access(settings: RouterSettings) -> AdminAccess:
+    """Who may call AddModel, UpdateModel and RemoveModel (see docs/router.md, "Admin access")."""
+    token = settings.admin_token.get_secret_value().encode() if settings.admin_token is not None else None
+    return AdminAccess(token=token, loopback=is_loopback(settings.listen))
 
 
 class RouterApp:
@@ -57,7 +65,7 @@ class RouterApp:
         self.registry = registry
         self.router = router
         self.pool = pool
-        self.servicer = RouterServicer(router, registry)
+        self.servicer = RouterServicer(router, registry, admin=admin_access(settings))
         self._ops_enabled = ops
         self.ops: OpsServer | None = None
         self.server: grpc.aio.Server | None = None
@@ -117,6 +125,7 @@ class RouterApp:
                 "models": sorted(table.models),
                 "simulated": sorted(n for n, s in table.models.items() if s.simulated),
                 "version": table.version,
+                "admin": self._admin_mode(),
             },
         )
 
@@ -143,6 +152,13 @@ class RouterApp:
         """Until the server terminates."""
         if self.server is not None:
             await self.server.wait_for_termination()
+
+    def _admin_mode(self) -> str:
+        if self.settings.admin_token is not None:
+            return "bearer token"
+        if is_loopback(self.settings.listen):
+            return "open on loopback"
+        return "disabled (set OPENCLAW_ROUTER_ADMIN_TOKEN)"
 
     async def _readiness(self) -> tuple[bool, dict[str, str]]:
         serving = self.server is not None and not self._stopped

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -26,6 +27,8 @@ DEFAULT_ENDPOINTS: Mapping[str, str] = MappingProxyType(
     {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 )
 DEFAULT_MODELS_FILE = Path(__file__).with_name("default_models.yaml")
+DEFAULT_API_KEY_ENV_PATTERN = r"^[A-Z][A-Z0-9_]*_API_KEY$"
+"""What ``api_key_env`` may name: provider key variables, never the router's other settings or secrets."""
 
 
 class ModelConfigError(InvalidInputError):
@@ -62,6 +65,17 @@ class ModelSpec:
     def has_api_key(self) -> bool:
         """Whether calls carry a key."""
         return bool(self.credential)
+
+    @property
+    def shown_endpoint(self) -> str:
+        """The endpoint as ListModels and logs show it: no userinfo, no query string."""
+        return redact_url(self.endpoint)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the parts that may carry credentials: userinfo, query string and fragment."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ModelSpec) if f.name != "credential")
@@ -111,6 +125,8 @@ class SpecContext:
 
     env: Mapping[str, str] = field(default_factory=dict)
     simulator_url: str = ""
+    api_key_env_pattern: str = DEFAULT_API_KEY_ENV_PATTERN
+    """Which variables ``api_key_env`` may name; the environment also holds the router's own secrets."""
 
     def is_simulator(self, endpoint: str) -> bool:
         """Whether the endpoint is the bundled provider simulator."""
@@ -133,6 +149,14 @@ def build_spec(data: Mapping[str, Any], ctx: SpecContext, *, source: str = "") -
         else:
             problem = first["msg"]
         raise ModelConfigError(name, loc, problem, source=source) from None
+    if cfg.api_key_env and not re.fullmatch(ctx.api_key_env_pattern, cfg.api_key_env):
+        raise ModelConfigError(
+            cfg.name,
+            "api_key_env",
+            f"{cfg.api_key_env!r} is not an allowed key variable: the name must match "
+            f"{ctx.api_key_env_pattern} (OPENCLAW_ROUTER_API_KEY_ENV_PATTERN)",
+            source=source,
+        )
     endpoint = cfg.endpoint or DEFAULT_ENDPOINTS[cfg.provider]
     credential = cfg.api_key or (ctx.env.get(cfg.api_key_env, "") if cfg.api_key_env else "")
     return ModelSpec(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -14,7 +17,12 @@ from google.protobuf import struct_pb2
 
 from openclaw.v1 import router_pb2, router_pb2_grpc
 from services.common import rpc
-from services.common.errors import InvalidInputError, OpenClawError
+from services.common.errors import (
+    InvalidInputError,
+    OpenClawError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 from services.router.chat import ChatDelta, ChatRequest, ChatResult, Message, Route, ToolCall
 from services.router.registry import CONFIG_FIELDS, ModelSpec, Registry
 from services.router.routing import Router
@@ -25,6 +33,61 @@ SERVICE = "openclaw.v1.RouterService"
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _OUTPUT_ONLY = frozenset({"has_api_key"})
 Context = grpc.aio.ServicerContext[Any, Any]
+ADMIN_TOKEN_ENV = "OPENCLAW_ROUTER_ADMIN_TOKEN"
+
+
+# -- admin access ----------------------------------------------------------------------------------
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a ``host:port`` listener takes only local connections (127.0.0.0/8, ::1, localhost)."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class AdminAccess:
+    """Who may change the model table: bearers of ``token``; with no token, any caller of a loopback listener.
+
+    Admin calls can point a model at any endpoint with a provider key of the router, so they are never open
+    to the network without a token.
+    """
+
+    token: bytes | None = field(repr=False)
+    loopback: bool
+
+    def check(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
+        """Raise UnauthenticatedError or PermissionDeniedError unless the call may change models."""
+        if self.token is None:
+            if self.loopback:
+                return
+            raise PermissionDeniedError(
+                f"admin calls are disabled: set {ADMIN_TOKEN_ENV} to enable admin calls on a non-loopback listener"
+            )
+        sent = [value for key, value in metadata if key == "authorization"]
+        if not sent:
+            raise UnauthenticatedError(
+                f"admin call without credentials: send metadata 'authorization: Bearer <token>' "
+                f"with the router's {ADMIN_TOKEN_ENV}",
+                metadata="authorization",
+            )
+        value = sent[0] if isinstance(sent[0], str) else sent[0].decode("utf-8", "replace")
+        scheme, _, presented = value.strip().partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise UnauthenticatedError(
+                f"authorization metadata must have the form 'Bearer <token>' with the router's {ADMIN_TOKEN_ENV}",
+                metadata="authorization",
+            )
+        if not hmac.compare_digest(presented.strip().encode("utf-8"), self.token):
+            raise UnauthenticatedError(
+                f"authorization: the bearer token does not match the router's {ADMIN_TOKEN_ENV}",
+                metadata="authorization",
+            )
 
 
 # -- decoding --------------------------------------------------------------------------------------
@@ -196,11 +259,12 @@ def encode_chunk(delta: ChatDelta, stream_id: str) -> router_pb2.ChatChunk:
 
 
 def encode_model(spec: ModelSpec) -> router_pb2.Model:
-    """A Model as ListModels shows it: never the key itself, only whether there is one."""
+    """A Model as ListModels shows it: never the key itself (only whether there is one), nor credentials
+    in the endpoint's userinfo or query string."""
     return router_pb2.Model(
         name=spec.name,
         provider=spec.provider,
-        endpoint=spec.endpoint,
+        endpoint=spec.shown_endpoint,
         provider_model=spec.provider_model,
         max_concurrency=spec.max_concurrency,
         fallback_models=list(spec.fallback_models),
@@ -222,9 +286,20 @@ def _deadline(context: Context) -> float | None:
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):  # type: ignore[misc]
     """openclaw.v1.RouterService over the Router and the Registry."""
 
-    def __init__(self, router: Router, registry: Registry) -> None:
+    def __init__(self, router: Router, registry: Registry, *, admin: AdminAccess) -> None:
         self._router = router
         self._registry = registry
+        self._admin = admin
+
+    def _admit(self, context: Context, method: str) -> None:
+        """Let an admin call through, or raise the error that says why not (the token is never echoed)."""
+        try:
+            self._admin.check(context.invocation_metadata() or ())
+        except OpenClawError as exc:
+            log.warning(
+                "admin call refused", extra={"method": method, "peer": context.peer(), "code": exc.code}
+            )
+            raise
 
     async def Chat(self, request: router_pb2.ChatRequest, context: Context) -> router_pb2.ChatResponse:
         with rpc.server_span(context, "Chat", SERVICE) as span:
@@ -277,6 +352,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):  # type: ignore[mis
     async def AddModel(self, request: router_pb2.AddModelRequest, context: Context) -> router_pb2.Model:
         with rpc.server_span(context, "AddModel", SERVICE):
             try:
+                self._admit(context, "AddModel")
                 if not request.HasField("model") or not request.model.name:
                     raise _invalid("model.name", "required")
                 spec = self._registry.add(decode_model(request.model))
@@ -289,6 +365,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):  # type: ignore[mis
     async def UpdateModel(self, request: router_pb2.UpdateModelRequest, context: Context) -> router_pb2.Model:
         with rpc.server_span(context, "UpdateModel", SERVICE):
             try:
+                self._admit(context, "UpdateModel")
                 if not request.model.name:
                     raise _invalid("model.name", "required: the model to update")
                 changes = decode_update(request.model, list(request.update_mask.paths))
@@ -304,6 +381,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):  # type: ignore[mis
     ) -> router_pb2.RemoveModelResponse:
         with rpc.server_span(context, "RemoveModel", SERVICE):
             try:
+                self._admit(context, "RemoveModel")
                 if not request.name:
                     raise _invalid("name", "required: the model to remove")
                 table = self._registry.snapshot
@@ -321,7 +399,7 @@ def _log_change(what: str, spec: ModelSpec, registry: Registry, **extra: Any) ->
     fields: Mapping[str, Any] = {
         "model": spec.name,
         "provider": spec.provider,
-        "endpoint": spec.endpoint,
+        "endpoint": spec.shown_endpoint,
         "version": registry.snapshot.version,
         **extra,
     }

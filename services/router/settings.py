@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
+import re
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings
+from services.router.registry import DEFAULT_API_KEY_ENV_PATTERN
 
 
 def _env(name: str) -> AliasChoices:
@@ -39,6 +42,13 @@ class RouterSettings(CommonSettings):
     anthropic_api_key: SecretStr = Field(
         SecretStr(""), validation_alias=AliasChoices("ANTHROPIC_API_KEY", "OPENCLAW_ROUTER_ANTHROPIC_API_KEY")
     )
+    admin_token: SecretStr | None = Field(None, validation_alias=_env("admin_token"))
+    """Bearer token that AddModel, UpdateModel and RemoveModel must carry. Unset (or empty): admin calls are
+    allowed only when ``listen`` is a loopback address, and refused otherwise."""
+    api_key_env_pattern: str = Field(
+        DEFAULT_API_KEY_ENV_PATTERN, validation_alias=_env("api_key_env_pattern")
+    )
+    """The environment variables a model's ``api_key_env`` may name (admin calls and the YAML table)."""
     drain_seconds: float = Field(20.0, ge=0, le=25, validation_alias=_env("drain_seconds"))
     """Grace period on SIGTERM for in-flight calls (kept below Kubernetes' 30 s)."""
     queue_timeout_seconds: float = Field(10.0, gt=0, le=600, validation_alias=_env("queue_timeout_seconds"))
@@ -49,3 +59,23 @@ class RouterSettings(CommonSettings):
     """Consecutive provider failures that open a model's circuit breaker."""
     breaker_reset_seconds: float = Field(30.0, gt=0, le=3600, validation_alias=_env("breaker_reset_seconds"))
     """How long an open breaker waits before letting one probe through."""
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # an empty variable means "not set"
+        if not re.fullmatch(r"[\x21-\x7e]+", value.get_secret_value()):
+            raise ValueError("must be printable ASCII without spaces (it travels in gRPC metadata)")
+        return value
+
+    @field_validator("api_key_env_pattern")
+    @classmethod
+    def _api_key_env_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        if not value:
+            raise ValueError("must not be empty")
+        return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,12 +23,23 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
+from pydantic import ValidationError
 
-from openclaw.router import InvalidRequestError, ModelExistsError, ModelNotFoundError, ModelRouter
+from openclaw.router import (
+    AdminAccessError,
+    InvalidRequestError,
+    ModelExistsError,
+    ModelNotFoundError,
+    ModelRouter,
+    PermissionDeniedError,
+    RouterError,
+    UnauthenticatedError,
+)
 from openclaw.v1 import router_pb2, router_pb2_grpc
 from services.common import rpc
 from services.common.errors import OpenClawError
 from services.router.bootstrap import RouterApp, build
+from services.router.servicer import is_loopback
 from services.router.settings import RouterSettings
 from services.simulator.app import Simulator
 from services.simulator.app import start as start_simulator
@@ -64,8 +76,8 @@ async def sim() -> AsyncIterator[Simulator]:
 async def make_router(sim: Simulator) -> AsyncIterator[Callable[..., Awaitable[RouterApp]]]:
     apps: list[RouterApp] = []
 
-    async def make(**overrides: Any) -> RouterApp:
-        app = build(settings_for(sim, **overrides), env={})
+    async def make(*, env: dict[str, str] | None = None, **overrides: Any) -> RouterApp:
+        app = build(settings_for(sim, **overrides), env=env or {})
         await app.start()
         apps.append(app)
         return app
@@ -519,6 +531,253 @@ async def test_models_file_and_the_sdk_with_the_articles_call(
     assert out["removed"] is True and out["removed_again"] is False
 
 
+# -- admin access and secrets ----------------------------------------------------------------------
+
+TOKEN = "adm-0123456789abcdef-test-token"
+REDIS_URL = "redis://:hunter2@redis:6379/0"
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def admin_calls(
+    stub: Stub, metadata: tuple[tuple[str, str], ...] | None = None
+) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """One call of each admin method, on a model that exists (echo) or is new (extra)."""
+    return {
+        "AddModel": lambda: stub.AddModel(
+            router_pb2.AddModelRequest(
+                model=router_pb2.Model(name="extra", endpoint="http://127.0.0.1:9/v1")
+            ),
+            timeout=10,
+            metadata=metadata,
+        ),
+        "UpdateModel": lambda: stub.UpdateModel(
+            router_pb2.UpdateModelRequest(
+                model=router_pb2.Model(name="echo", max_concurrency=3),
+                update_mask=field_mask_pb2.FieldMask(paths=["max_concurrency"]),
+            ),
+            timeout=10,
+            metadata=metadata,
+        ),
+        "RemoveModel": lambda: stub.RemoveModel(
+            router_pb2.RemoveModelRequest(name="echo"), timeout=10, metadata=metadata
+        ),
+    }
+
+
+async def assert_open_calls_work(stub: Stub) -> None:
+    """Chat, ChatStream and ListModels need no admin token."""
+    assert (await stub.Chat(chat_request("echo", "still open"), timeout=30)).message.content == "still open"
+    assert (await collect(stub, chat_request("echo")))[-1].finish_reason == "stop"
+    assert "echo" in {
+        m.name for m in (await stub.ListModels(router_pb2.ListModelsRequest(), timeout=10)).models
+    }
+
+
+@pytest.mark.parametrize(
+    ("listen", "loopback"),
+    [
+        ("127.0.0.1:50051", True),
+        ("127.8.9.10:0", True),
+        ("[::1]:50051", True),
+        ("localhost:50051", True),
+        ("LocalHost:1", True),
+        ("0.0.0.0:50051", False),
+        ("[::]:50051", False),
+        ("10.0.0.5:50051", False),
+        ("router:50051", False),
+        ("localhost.example.com:1", False),
+    ],
+)
+def test_loopback_listeners(listen: str, loopback: bool) -> None:
+    assert is_loopback(listen) is loopback
+
+
+async def test_add_model_cannot_send_a_router_secret_to_its_endpoint(
+    make_router: Callable[..., Awaitable[RouterApp]], upstream: Upstream
+) -> None:
+    """The reviewer's exploit: a model keyed by a non-key variable, pointed at the caller's own server."""
+    app = await make_router(env={"OPENCLAW_REDIS_URL": REDIS_URL})
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        code, message, err = await rpc_error(
+            stub.AddModel(
+                router_pb2.AddModelRequest(
+                    model=router_pb2.Model(
+                        name="exfil", endpoint=upstream.url, api_key_env="OPENCLAW_REDIS_URL"
+                    )
+                ),
+                timeout=10,
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert message.startswith("model 'exfil': api_key_env: ") and "_API_KEY$" in message
+        assert err.details["field"] == "api_key_env" and "hunter2" not in message
+        code, message, _ = await rpc_error(
+            stub.UpdateModel(
+                router_pb2.UpdateModelRequest(
+                    model=router_pb2.Model(
+                        name="echo", endpoint=upstream.url, api_key_env="OPENCLAW_REDIS_URL"
+                    ),
+                    update_mask=field_mask_pb2.FieldMask(paths=["endpoint", "api_key_env"]),
+                ),
+                timeout=10,
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "api_key_env" in message
+        listed = await stub.ListModels(router_pb2.ListModelsRequest(), timeout=10)
+        assert "exfil" not in {m.name for m in listed.models} and listed.version == 1
+    assert upstream.served == upstream.current == 0
+
+
+async def test_yaml_table_cannot_name_a_router_secret_as_a_key(sim: Simulator, tmp_path: Path) -> None:
+    table = tmp_path / "models.yaml"
+    table.write_text("models:\n  - name: leak\n    api_key_env: OPENCLAW_REDIS_URL\n")
+    with pytest.raises(OpenClawError, match=r"models\.yaml: model 'leak': api_key_env: .*must match"):
+        build(settings_for(sim, models=str(table)), env={"OPENCLAW_REDIS_URL": REDIS_URL})
+
+
+async def test_admin_calls_need_the_bearer_token_when_one_is_set(
+    make_router: Callable[..., Awaitable[RouterApp]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="services.router")
+    app = await make_router(admin_token=TOKEN)
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        refusals = {
+            "none": (None, "authorization: Bearer <token>"),
+            "wrong": (bearer("adm-wrong-token-guess"), "does not match"),
+            "prefix": (bearer(TOKEN[:-1]), "does not match"),
+            "basic": ((("authorization", f"Basic {TOKEN}"),), "must have the form 'Bearer <token>'"),
+            "empty": ((("authorization", "Bearer "),), "must have the form 'Bearer <token>'"),
+        }
+        for case, (metadata, says) in refusals.items():
+            for method, call in admin_calls(stub, metadata).items():
+                code, message, err = await rpc_error(call())
+                assert code == grpc.StatusCode.UNAUTHENTICATED, (case, method)
+                assert says in message and "OPENCLAW_ROUTER_ADMIN_TOKEN" in message, message
+                assert err.details == {"metadata": "authorization"}
+                assert TOKEN[:12] not in message and "adm-wrong" not in message, (case, method, message)
+        assert (await stub.ListModels(router_pb2.ListModelsRequest(), timeout=10)).version == 1
+        await assert_open_calls_work(stub)
+        calls = admin_calls(stub, bearer(TOKEN))
+        assert (await calls["AddModel"]()).name == "extra"
+        assert (await calls["UpdateModel"]()).max_concurrency == 3
+        assert (await calls["RemoveModel"]()).removed
+        lowercase = (("authorization", f"bearer {TOKEN}"),)
+        assert (await admin_calls(stub, lowercase)["RemoveModel"]()).removed is False
+    refused = [r for r in caplog.records if r.getMessage() == "admin call refused"]
+    assert len(refused) == 3 * len(refusals)
+    assert all(TOKEN[:12] not in repr(vars(r)) for r in caplog.records)
+
+
+async def test_admin_calls_are_refused_on_a_non_loopback_listener_without_a_token(
+    make_router: Callable[..., Awaitable[RouterApp]],
+) -> None:
+    app = await make_router(listen="0.0.0.0:0")
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        for metadata in (None, bearer(TOKEN)):
+            for method, call in admin_calls(stub, metadata).items():
+                code, message, _ = await rpc_error(call())
+                assert code == grpc.StatusCode.PERMISSION_DENIED, method
+                assert (
+                    "set OPENCLAW_ROUTER_ADMIN_TOKEN to enable admin calls on a non-loopback listener"
+                    in message
+                )
+        await assert_open_calls_work(stub)
+    app = await make_router(listen="0.0.0.0:0", admin_token=TOKEN)
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        code, _, _ = await rpc_error(admin_calls(stub)["AddModel"]())
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        assert (await admin_calls(stub, bearer(TOKEN))["AddModel"]()).name == "extra"
+
+
+async def test_sdk_sends_the_admin_token_and_raises_typed_errors(
+    make_router: Callable[..., Awaitable[RouterApp]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENCLAW_ROUTER_ADMIN_TOKEN", raising=False)
+    guarded = await make_router(admin_token=TOKEN)
+    closed = await make_router(listen="0.0.0.0:0")
+
+    def use_the_sdk() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with ModelRouter(guarded.address) as anonymous:
+            out["listed"] = [m.name for m in anonymous.list_models()]
+            out["chat"] = anonymous.chat("echo", prompt="open").content
+            refused: dict[str, Callable[[], object]] = {
+                "add": lambda: anonymous.add_model(name="extra", endpoint="http://127.0.0.1:9/v1"),
+                "update": lambda: anonymous.update_model("echo", max_concurrency=3),
+                "remove": lambda: anonymous.remove_model("echo"),
+            }
+            for name, call in refused.items():
+                try:
+                    call()
+                except RouterError as exc:
+                    out[name] = exc
+        with ModelRouter(guarded.address, admin_token="adm-wrong-token-guess") as wrong:
+            try:
+                wrong.remove_model("echo")
+            except RouterError as exc:
+                out["wrong"] = exc
+        with ModelRouter(guarded.address, admin_token=TOKEN) as admin:
+            out["added"] = admin.add_model(name="extra", endpoint="http://127.0.0.1:9/v1").name
+            out["updated"] = admin.update_model("extra", max_concurrency=3).max_concurrency
+        monkeypatch.setenv("OPENCLAW_ROUTER_ADMIN_TOKEN", TOKEN)
+        with ModelRouter(guarded.address) as from_env:
+            out["removed"] = from_env.remove_model("extra")
+        with ModelRouter(closed.address) as denied:
+            try:
+                denied.add_model(name="extra")
+            except RouterError as exc:
+                out["denied"] = exc
+        return out
+
+    out = await asyncio.to_thread(use_the_sdk)
+    assert "echo" in out["listed"] and out["chat"] == "open"
+    for name in ("add", "update", "remove", "wrong"):
+        exc = out[name]
+        assert isinstance(exc, UnauthenticatedError) and isinstance(exc, AdminAccessError), name
+        assert exc.code == grpc.StatusCode.UNAUTHENTICATED and "authorization" in exc.message
+        assert TOKEN[:12] not in exc.message and "adm-wrong" not in exc.message
+    assert (out["added"], out["updated"], out["removed"]) == ("extra", 3, True)
+    denied = out["denied"]
+    assert isinstance(denied, PermissionDeniedError) and isinstance(denied, AdminAccessError)
+    assert (
+        denied.code == grpc.StatusCode.PERMISSION_DENIED and "OPENCLAW_ROUTER_ADMIN_TOKEN" in denied.message
+    )
+
+
+async def test_list_models_and_logs_never_show_endpoint_credentials(
+    stub: Stub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="services.router")
+    secret_endpoint = "https://alice:pw-s3cret@llm.example.com:8443/v1?api-key=q-s3cret"
+    shown = "https://llm.example.com:8443/v1"
+    added = await stub.AddModel(
+        router_pb2.AddModelRequest(model=router_pb2.Model(name="creds", endpoint=secret_endpoint)), timeout=10
+    )
+    updated = await stub.UpdateModel(
+        router_pb2.UpdateModelRequest(
+            model=router_pb2.Model(name="creds", max_concurrency=2),
+            update_mask=field_mask_pb2.FieldMask(paths=["max_concurrency"]),
+        ),
+        timeout=10,
+    )
+    response = await stub.ListModels(router_pb2.ListModelsRequest(), timeout=10)
+    listed = {m.name: m for m in response.models}["creds"]
+    assert added.endpoint == updated.endpoint == listed.endpoint == shown
+    for message in (added, updated, response):
+        wire = message.SerializeToString()
+        assert b"s3cret" not in wire and b"alice" not in wire
+    changes = [r for r in caplog.records if r.getMessage() in {"model added", "model updated"}]
+    assert [getattr(r, "endpoint", None) for r in changes] == [shown, shown]
+    assert not [r for r in caplog.records if "s3cret" in repr(vars(r)) or "alice" in repr(vars(r))]
+
+
 # -- resilience ------------------------------------------------------------------------------------
 
 
@@ -745,3 +1004,21 @@ def test_settings_read_the_documented_environment(monkeypatch: pytest.MonkeyPatc
     assert settings.openai_api_key.get_secret_value() == "sk-from-env"
     assert "sk-from-env" not in repr(settings)
     assert json.dumps(settings.model_dump(mode="json")).count("sk-from-env") == 0
+    assert settings.admin_token is None and settings.api_key_env_pattern == r"^[A-Z][A-Z0-9_]*_API_KEY$"
+
+    monkeypatch.setenv("OPENCLAW_ROUTER_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("OPENCLAW_ROUTER_API_KEY_ENV_PATTERN", r"^(VLLM|OPENAI)_TOKEN$")
+    settings = RouterSettings()  # type: ignore[call-arg]
+    assert settings.admin_token is not None and settings.admin_token.get_secret_value() == TOKEN
+    assert settings.api_key_env_pattern == r"^(VLLM|OPENAI)_TOKEN$"
+    assert TOKEN not in repr(settings) and TOKEN not in json.dumps(settings.model_dump(mode="json"))
+    monkeypatch.setenv("OPENCLAW_ROUTER_ADMIN_TOKEN", "")
+    assert RouterSettings().admin_token is None  # type: ignore[call-arg]
+    for name, value in (
+        ("OPENCLAW_ROUTER_ADMIN_TOKEN", "has a space"),
+        ("OPENCLAW_ROUTER_API_KEY_ENV_PATTERN", "^(unclosed"),
+    ):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValidationError, match=name):
+            RouterSettings()  # type: ignore[call-arg]
+        monkeypatch.delenv(name)

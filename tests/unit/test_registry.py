@@ -8,6 +8,7 @@ import pytest
 
 from services.common.errors import AlreadyExistsError, NotFoundError
 from services.router.registry import (
+    DEFAULT_API_KEY_ENV_PATTERN,
     DEFAULT_MODELS_FILE,
     ModelConfigError,
     Registry,
@@ -15,6 +16,7 @@ from services.router.registry import (
     build_spec,
     load_models,
     parse_models,
+    redact_url,
     substitute,
 )
 
@@ -66,13 +68,13 @@ def test_yaml_substitution_and_defaults(tmp_path: Path) -> None:
         "  - name: local\n"
         "    endpoint: ${LOCAL_URL:-http://localhost:8000}/v1/chat\n"
         "    max_concurrency: ${LOCAL_MAXC:-3}\n"
-        "    api_key_env: LOCAL_KEY\n"
+        "    api_key_env: LOCAL_API_KEY\n"
         "  - name: claude\n"
         "    provider: anthropic\n"
         "    fallback_models: [local]\n"
         "    api_key: ${CLAUDE_KEY}\n"
     )
-    specs = {s.name: s for s in load_models(path, ctx(LOCAL_KEY="k1", CLAUDE_KEY="k2"))}
+    specs = {s.name: s for s in load_models(path, ctx(LOCAL_API_KEY="k1", CLAUDE_KEY="k2"))}
     local, claude = specs["local"], specs["claude"]
     assert local.endpoint == "http://localhost:8000/v1/chat"
     assert local.max_concurrency == 3
@@ -114,6 +116,56 @@ def test_bad_field_names_model_and_field(entry: dict[str, object], field: str) -
         build_spec(entry, ctx(), source="models.yaml")
     assert info.value.field == field
     assert field in info.value.message and "models.yaml" in info.value.message
+
+
+ROUTER_SECRETS = {
+    "OPENCLAW_REDIS_URL": "redis://:hunter2@redis:6379/0",
+    "OPENCLAW_ROUTER_ADMIN_TOKEN": "adm-s3cr3t",
+}
+
+
+@pytest.mark.parametrize(
+    "variable", [*ROUTER_SECRETS, "PATH", "openai_api_key", "API_KEY", "OPENAI_API_KEY_X"]
+)
+def test_api_key_env_names_only_allowed_key_variables(variable: str) -> None:
+    with pytest.raises(ModelConfigError) as info:
+        build_spec({"name": "m", "api_key_env": variable}, ctx(**ROUTER_SECRETS, PATH="/bin"))
+    assert (info.value.model, info.value.field) == ("m", "api_key_env")
+    assert DEFAULT_API_KEY_ENV_PATTERN in info.value.message
+    assert "hunter2" not in info.value.message and "adm-s3cr3t" not in info.value.message
+
+
+def test_api_key_env_allow_list_applies_to_the_yaml_table_and_admin_changes() -> None:
+    text = "models:\n  - name: leak\n    api_key_env: OPENCLAW_REDIS_URL\n"
+    with pytest.raises(
+        ModelConfigError, match=r"^models\.yaml: model 'leak': api_key_env: .*_API_KEY"
+    ) as info:
+        parse_models(text, ctx(**ROUTER_SECRETS), source="models.yaml")
+    assert "hunter2" not in info.value.message
+    reg = registry({"name": "a", "api_key_env": "VLLM_API_KEY"}, VLLM_API_KEY="sk-v", **ROUTER_SECRETS)
+    assert reg.snapshot.models["a"].credential == "sk-v"
+    with pytest.raises(ModelConfigError, match="api_key_env"):
+        reg.add({"name": "b", "api_key_env": "OPENCLAW_REDIS_URL"})
+    with pytest.raises(ModelConfigError, match="api_key_env"):
+        reg.update("a", {"api_key_env": "OPENCLAW_REDIS_URL"})
+    assert reg.snapshot.version == 1 and reg.snapshot.models["a"].credential == "sk-v"
+    custom = SpecContext(env={"VLLM_TOKEN": "t"}, api_key_env_pattern=r"^VLLM_TOKEN$")
+    assert build_spec({"name": "v", "api_key_env": "VLLM_TOKEN"}, custom).credential == "t"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "shown"),
+    [
+        ("https://user:pw@llm.example.com:8443/v1?api-key=qs#frag", "https://llm.example.com:8443/v1"),
+        ("http://token@[::1]:8000/v1/chat", "http://[::1]:8000/v1/chat"),
+        ("http://host?key=qs", "http://host"),
+        ("http://127.0.0.1:8000/v1/chat/completions", "http://127.0.0.1:8000/v1/chat/completions"),
+    ],
+)
+def test_shown_endpoint_drops_userinfo_and_query(endpoint: str, shown: str) -> None:
+    assert redact_url(endpoint) == shown
+    spec = build_spec({"name": "m", "endpoint": endpoint}, ctx())
+    assert spec.shown_endpoint == shown and spec.endpoint == endpoint
 
 
 def test_bad_table_shapes() -> None:
@@ -162,9 +214,9 @@ def test_add_existing_name_fails() -> None:
 
 def test_update_keeps_other_fields_and_reresolves_keys() -> None:
     reg = registry(
-        {"name": "a", "endpoint": "http://h/v1", "max_concurrency": 4, "api_key_env": "K1"},
-        K1="one",
-        K2="two",
+        {"name": "a", "endpoint": "http://h/v1", "max_concurrency": 4, "api_key_env": "K1_API_KEY"},
+        K1_API_KEY="one",
+        K2_API_KEY="two",
     )
     spec = reg.update("a", {"timeout_seconds": 5.0})
     assert (spec.endpoint, spec.max_concurrency, spec.timeout_seconds, spec.credential) == (
@@ -173,7 +225,7 @@ def test_update_keeps_other_fields_and_reresolves_keys() -> None:
         5.0,
         "one",
     )
-    assert reg.update("a", {"api_key_env": "K2"}).credential == "two"
+    assert reg.update("a", {"api_key_env": "K2_API_KEY"}).credential == "two"
     assert reg.update("a", {"api_key": "explicit"}).credential == "explicit"
     with pytest.raises(ModelConfigError, match="cannot be renamed"):
         reg.update("a", {"name": "b"})

@@ -34,6 +34,8 @@ REQUIRED_ENV: dict[str, set[str]] = {
         "OPENCLAW_ROUTER_METRICS_PORT",
         "OPENCLAW_SIMULATOR_URL",
         "OPENCLAW_REDIS_URL",
+        # It listens on 0.0.0.0, where admin calls without a token are refused.
+        "OPENCLAW_ROUTER_ADMIN_TOKEN",
     },
     "executor": {
         "OPENCLAW_AMQP_URL",

@@ -118,6 +118,8 @@ def test_compose_env_gives_each_process_what_it_reads(services: dict[str, dict[s
         assert_binds_all_interfaces(name, env)
     jwt = env_of(services["gateway"])["OPENCLAW_JWT_SECRET"]
     assert re.fullmatch(r"\$\{OPENCLAW_JWT_SECRET:-dev-only-[\w-]{24,}\}", jwt), jwt
+    admin = env_of(services["router"])["OPENCLAW_ROUTER_ADMIN_TOKEN"]
+    assert re.fullmatch(r"\$\{OPENCLAW_ROUTER_ADMIN_TOKEN:-dev-only-[\w-]+\}", admin), admin
     # Real keys come only from the override, so the base stack never needs (or leaks) one.
     assert env_of(services["router"]).keys().isdisjoint({"OPENAI_API_KEY", "ANTHROPIC_API_KEY"})
 

@@ -229,6 +229,10 @@ def test_k8s_secret_is_a_labelled_placeholder_and_redis_is_durable(rendered: lis
     secret = by_kind(rendered, "Secret")["openclaw-secrets"]
     assert secret["metadata"]["labels"]["openclaw/dev-placeholder"] == "true"
     assert "placeholder" in secret["stringData"]["jwt-secret"]
+    assert "placeholder" in secret["stringData"]["router-admin-token"]
+    (router,) = containers(by_kind(rendered, "Deployment")["router"])
+    admin = next(v for v in router["env"] if v["name"] == "OPENCLAW_ROUTER_ADMIN_TOKEN")
+    assert admin["valueFrom"]["secretKeyRef"] == {"name": "openclaw-secrets", "key": "router-admin-token"}
     redis = by_kind(rendered, "StatefulSet")["redis"]
     args = " ".join(containers(redis)[0]["args"])
     assert "--appendonly yes" in args and "--appendfsync everysec" in args
