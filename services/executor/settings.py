@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -16,6 +17,19 @@ def _env(name: str, *also: str) -> str | AliasChoices:
     """The environment name of an executor-only field (OPENCLAW_EXECUTOR_<NAME>), plus accepted synonyms."""
     primary = f"OPENCLAW_EXECUTOR_{name.upper()}"
     return AliasChoices(primary, *also) if also else primary
+
+
+_SCOPE_KEYS = ("tenants", "hosts", "buckets")
+
+
+def _scope_list(name: str, key: str, raw: Any) -> str:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(i, str) and "," not in i for i in items):
+        raise ValueError(f"credential set {name!r}: {key} must be a list of names (without commas)")
+    cleaned = [i.strip().lower().rstrip(".") if key == "hosts" else i.strip() for i in items]
+    if not cleaned or not all(cleaned):
+        raise ValueError(f"credential set {name!r}: {key} must name at least one; omit it to allow any")
+    return ",".join(cleaned)
 
 
 class ExecutorSettings(CommonSettings):
@@ -54,7 +68,9 @@ class ExecutorSettings(CommonSettings):
     )
     """Named credential sets that steps refer to with ``auth``, as JSON:
     ``{"aws_credentials": {"aws_access_key_id": ..., "aws_secret_access_key": ..., "endpoint_url": ...,
-    "region_name": ...}, "api": {"bearer_token": ...}}``."""
+    "region_name": ..., "buckets": ["reports"]}, "api": {"bearer_token": ..., "tenants": ["acme"],
+    "hosts": ["api.example.com"]}}``. ``tenants``, ``hosts`` and ``buckets`` limit who may use a set and where
+    it may be sent (omitted: no limit); they are kept as comma-separated strings."""
     http_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, validation_alias=_env("http_max_bytes"))
     """Largest HTTP response or download an operation accepts."""
     http_timeout_s: float = Field(default=30.0, gt=0, le=600, validation_alias=_env("http_timeout_s"))
@@ -62,6 +78,8 @@ class ExecutorSettings(CommonSettings):
     router_timeout_s: float = Field(default=120.0, gt=0, le=1800, validation_alias=_env("router_timeout_s"))
     max_output_bytes: int = Field(default=1024 * 1024, ge=1024, validation_alias=_env("max_output_bytes"))
     """Largest JSON output a step may checkpoint (outputs live in Redis)."""
+    s3_max_threads: int = Field(default=8, ge=1, le=256, validation_alias=_env("s3_max_threads"))
+    """Threads for S3 transfers (boto3 blocks), apart from the pool DNS lookups and file operations use."""
 
     @field_validator("retry_delays_ms")
     @classmethod
@@ -69,6 +87,24 @@ class ExecutorSettings(CommonSettings):
         if not value or any(d < 1 for d in value):
             raise ValueError("needs at least one delay, each at least 1 ms")
         return value
+
+    @field_validator("credentials", mode="before")
+    @classmethod
+    def _credential_scopes(cls, value: Any) -> Any:
+        """Scope lists (tenants, hosts, buckets) become comma-separated strings; secrets are never echoed."""
+        if not isinstance(value, dict):
+            return value
+        out: dict[Any, Any] = {}
+        for name, cred in value.items():
+            if not isinstance(cred, dict):
+                out[name] = cred
+                continue
+            cred = dict(cred)
+            for key in _SCOPE_KEYS:
+                if key in cred:
+                    cred[key] = _scope_list(name, key, cred[key])
+            out[name] = cred
+        return out
 
     @field_validator("credentials")
     @classmethod

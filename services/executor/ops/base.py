@@ -8,9 +8,48 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from services.common.errors import PermissionDeniedError
 from services.executor.context import OpContext
 
 P = TypeVar("P", bound=BaseModel)
+
+
+def scoped_credential(
+    ctx: OpContext, name: str, *, host: str | None = None, bucket: str | None = None
+) -> Mapping[str, str]:
+    """The named credential set, if this step's tenant may use it for this host or bucket.
+
+    A set's optional ``tenants``, ``hosts`` and ``buckets`` (comma-separated, see the executor's settings)
+    limit it; a key that is absent means no limit. Errors name the set and the refused use, never a secret.
+    """
+    credential = ctx.services.credential(name)
+    tenants = _scope(credential, "tenants")
+    if tenants is not None and ctx.tenant not in tenants:
+        raise PermissionDeniedError(
+            f"auth: credential set {name!r} may not be used by tenant {ctx.tenant!r}",
+            auth=name,
+            tenant=ctx.tenant,
+        )
+    hosts = _scope(credential, "hosts")
+    if host is not None and hosts is not None and _host(host) not in {_host(h) for h in hosts}:
+        raise PermissionDeniedError(
+            f"auth: credential set {name!r} may not be sent to host {host!r}", auth=name, host=host
+        )
+    buckets = _scope(credential, "buckets")
+    if bucket is not None and buckets is not None and bucket not in buckets:
+        raise PermissionDeniedError(
+            f"auth: credential set {name!r} may not be used for bucket {bucket!r}", auth=name, bucket=bucket
+        )
+    return credential
+
+
+def _host(name: str) -> str:
+    return name.lower().rstrip(".")
+
+
+def _scope(credential: Mapping[str, str], key: str) -> frozenset[str] | None:
+    raw = credential.get(key)
+    return None if raw is None else frozenset(item.strip() for item in raw.split(","))
 
 
 class Params(BaseModel):

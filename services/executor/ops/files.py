@@ -35,7 +35,7 @@ from services.common.errors import (
 )
 from services.executor.context import OpContext
 from services.executor.expressions import OPEN
-from services.executor.ops.base import Params, operation
+from services.executor.ops.base import Params, operation, scoped_credential
 from services.executor.ops.http import auth_headers, is_textual, status_error
 
 if TYPE_CHECKING:
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 TEXT_PREVIEW_BYTES = 64 * 1024
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+# A step's output is checkpointed only up to the engine's max_output_bytes (ExecutorSettings, 1 MiB by
+# default); reading more than that can only end in payload_too_large, after the work and memory are spent.
+FILE_READ_MAX_BYTES = 1024 * 1024
 _CHUNK = 256 * 1024
 _TEXT_SUFFIXES = {".csv", ".tsv", ".txt", ".md", ".json", ".jsonl", ".yaml", ".yml", ".xml", ".html", ".log"}
 
@@ -111,33 +114,33 @@ def text_preview(data: bytes, content_type: str = "", name: str = "") -> tuple[s
 class FileReadParams(Params):
     path: str = Field(description="Path relative to the tenant's storage root.")
     format: Literal["text", "json", "base64"] = Field("text", description="How to return the content.")
-    max_bytes: int = Field(10 * 1024 * 1024, gt=0, le=100 * 1024 * 1024)
+    max_bytes: int | None = Field(
+        None, gt=0, description="Largest file accepted; default and ceiling: the executor's output limit."
+    )
 
 
-def _read(root: Path, relative: str, max_bytes: int) -> tuple[str, bytes]:
+def _read(root: Path, relative: str, max_bytes: int, fmt: str) -> dict[str, Any]:
+    """The whole of file_read, off the event loop: read, hash, decode, parse."""
     target = resolve_path(root, relative)
     fd = _open_confined(target, os.O_RDONLY)
     with os.fdopen(fd, "rb") as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise PayloadTooLargeError(f"path: {relative!r} is larger than max_bytes ({max_bytes})")
-    return _relative(root, target), data
-
-
-@operation("file_read", category="files", params=FileReadParams)
-async def file_read(p: FileReadParams, ctx: OpContext) -> dict[str, Any]:
-    """Read a file from the tenant's storage; returns path, size, sha256 and content (text, parsed JSON or
-    base64)."""
-    rel, data = await asyncio.to_thread(_read, ctx.tenant_root, p.path, p.max_bytes)
+        raise PayloadTooLargeError(
+            f"path: {relative!r} is larger than {max_bytes} bytes; file_read returns at most "
+            f"{FILE_READ_MAX_BYTES} bytes (a step's output limit)",
+            limit=max_bytes,
+        )
+    rel = _relative(root, target)
     content: Any
-    if p.format == "base64":
+    if fmt == "base64":
         content = base64.b64encode(data).decode()
     else:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidInputError(f"path: {rel!r} is not UTF-8 text; use format 'base64'") from exc
-        if p.format == "json":
+        if fmt == "json":
             try:
                 content = json.loads(text)
             except ValueError as exc:
@@ -145,6 +148,14 @@ async def file_read(p: FileReadParams, ctx: OpContext) -> dict[str, Any]:
         else:
             content = text
     return {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "content": content}
+
+
+@operation("file_read", category="files", params=FileReadParams)
+async def file_read(p: FileReadParams, ctx: OpContext) -> dict[str, Any]:
+    """Read a file from the tenant's storage; returns path, size, sha256 and content (text, parsed JSON or
+    base64)."""
+    limit = min(p.max_bytes or FILE_READ_MAX_BYTES, FILE_READ_MAX_BYTES)
+    return await asyncio.to_thread(_read, ctx.tenant_root, p.path, limit, p.format)
 
 
 # -- file_write ---------------------------------------------------------------------------------------
@@ -306,8 +317,9 @@ async def file_download(p: FileDownloadParams, ctx: OpContext) -> dict[str, Any]
 
 async def _http_download(p: FileDownloadParams, ctx: OpContext, sink: _Sink) -> str:
     client = ctx.services.require_http()
-    headers = auth_headers(ctx.services.credential(p.auth)) if p.auth else {}
-    async with client.open("GET", p.url, headers=headers, timeout_s=p.timeout_s) as response:
+    credential = scoped_credential(ctx, p.auth, host=urlsplit(p.url).hostname) if p.auth else None
+    headers = auth_headers(credential) if credential is not None else {}
+    async with client.open("GET", p.url, credential_headers=headers, timeout_s=p.timeout_s) as response:
         if response.status >= 400:
             raise status_error(response.status, str(response.url))
         if response.content_length is not None and response.content_length > sink.limit:
@@ -384,14 +396,16 @@ async def _s3_download(p: FileDownloadParams, ctx: OpContext, sink: _Sink) -> st
         raise InvalidInputError(
             "auth: s3:// downloads need a credential set (auth) from the executor's settings"
         )
-    credential = ctx.services.credential(p.auth)
+    credential = scoped_credential(ctx, p.auth, bucket=bucket)
     endpoint = urlsplit(credential.get("endpoint_url", "")).hostname or "s3.amazonaws.com"
     http = ctx.services.http
     hop = http.hop(endpoint) if http is not None else None
     timeout = p.timeout_s or (http.timeout_s if http is not None else 30.0)
 
     async def fetch() -> str:
-        return await asyncio.to_thread(_s3_get, credential, bucket, key, sink, timeout)
+        if http is None:  # no shared client (tools, tests): no pool to protect either
+            return await asyncio.to_thread(_s3_get, credential, bucket, key, sink, timeout)
+        return await http.run_s3(_s3_get, credential, bucket, key, sink, timeout)
 
     if hop is None:
         return await fetch()

@@ -3,20 +3,27 @@
 SSRF protection: a target that is (or resolves to) a loopback, private, link-local, multicast or
 otherwise non-global address is refused unless the executor's settings allow private networks.
 Names are checked inside the connector's resolver, so the address checked is the address connected
-to (no DNS-rebinding gap), and each redirect is checked again.
+to (no DNS-rebinding gap), and each redirect is checked again. IPv6 addresses that embed an IPv4
+address (mapped, compatible, NAT64, 6to4) are judged by that IPv4 address; Teredo, site-local and
+local-use NAT64 addresses are refused outright.
+
+Credentials: headers from a credential set, and any Authorization, Proxy-Authorization or Cookie header,
+are sent to the first URL's origin only; a redirect to another scheme, host or port drops them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ipaddress
 import json
 import socket
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 from aiohttp.abc import ResolveResult
@@ -38,9 +45,12 @@ from services.common.errors import (
 from services.common.hop import Hop
 from services.executor.context import OpContext
 from services.executor.expressions import OPEN
-from services.executor.ops.base import Params, operation
+from services.executor.ops.base import Params, operation, scoped_credential
 
 HOP_NAME = "executor.http"
+# Headers that carry a caller's identity: never forwarded when a redirect leaves the origin.
+_IDENTITY_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+T = TypeVar("T")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TEXTUAL = (
     "text/",
@@ -58,11 +68,37 @@ class BlockedAddressError(OSError):
     """The target resolves only to addresses this executor may not reach."""
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits: IPv4-compatible (::a.b.c.d, deprecated),
+# IPv4-translated (SIIT) and NAT64 (well-known prefix). The target is really that IPv4 address.
+_EMBEDS_V4_LOW32 = (
+    ipaddress.IPv6Network("::/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+    ipaddress.IPv6Network("64:ff9b::/96"),
+)
+# Local-use NAT64 (RFC 8215) may embed IPv4 at several offsets and is never a public target.
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, compatible, translated, NAT64, 6to4), if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:  # 2002::/16: the IPv4 address is bits 16-48
+        return ip.sixtofour
+    if any(ip in net for net in _EMBEDS_V4_LOW32):  # also :: and ::1, which become 0.0.0.0 and 0.0.0.1
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    return None
+
+
 def is_public(ip: IPAddress) -> bool:
-    """Whether an address is globally routable unicast (IPv4-mapped IPv6 is judged as its IPv4)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    """Whether an address is globally routable unicast; an IPv6 address that embeds an IPv4 address is
+    judged as that IPv4 address."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        # Teredo (2001::/32) tunnels to the client it embeds through a relay: never a target.
+        if ip.is_site_local or ip in _NAT64_LOCAL or ip.teredo is not None:
+            return False
+        ip = _embedded_ipv4(ip) or ip
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
 
 
 def _literal_ip(host: str) -> IPAddress | None:
@@ -144,13 +180,18 @@ class HttpClient:
         timeout_s: float = 30.0,
         max_redirects: int = 5,
         max_hosts: int = 256,
+        s3_max_threads: int = 8,
     ) -> None:
         self.allow_private_network = allow_private_network
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.max_redirects = max_redirects
+        self.s3_max_threads = s3_max_threads
         self._max_hosts = max_hosts
         self._session: aiohttp.ClientSession | None = None
+        # boto3 blocks for a whole transfer; its own bounded pool keeps the loop's default executor
+        # (DNS lookups, file operations) free however many S3 downloads run.
+        self._s3_pool: ThreadPoolExecutor | None = None
         # A failing site must not open the breaker for every other site; the cache bounds the breakers.
         self._hops: OrderedDict[str, Hop] = OrderedDict()
 
@@ -170,8 +211,17 @@ class HttpClient:
                 headers={"User-Agent": "openclaw-executor"},
                 auto_decompress=True,
                 trust_env=False,
+                # One session serves every tenant: a cookie one tenant received must never ride along with another's.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
+
+    async def run_s3(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking S3 call in the client's S3 thread pool (at most s3_max_threads at once)."""
+        if self._s3_pool is None:
+            self._s3_pool = ThreadPoolExecutor(self.s3_max_threads, thread_name_prefix="openclaw-s3")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._s3_pool, functools.partial(fn, *args))
 
     def hop(self, host: str) -> Hop:
         """The hop (metrics and spans as "executor.http", breaker per host) for a target."""
@@ -193,16 +243,25 @@ class HttpClient:
         url: str,
         *,
         headers: Mapping[str, str] | None = None,
+        credential_headers: Mapping[str, str] | None = None,
         query: Mapping[str, str] | None = None,
         json_body: Any = None,
         data: bytes | str | None = None,
         timeout_s: float | None = None,
         follow_redirects: bool = True,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send a request (following checked redirects) and yield the response; errors become ours."""
+        """Send a request (following checked redirects) and yield the response; errors become ours.
+
+        ``credential_headers`` (and identity headers in ``headers``) go to the first URL's origin only.
+        """
         current = URL(url)
         check_url(current, allow_private_network=self.allow_private_network)
         assert current.host is not None
+        origin = _origin(current)
+        from_credential = {k.lower() for k in credential_headers or {}}
+        private = from_credential | _IDENTITY_HEADERS
+        sent = {k: v for k, v in (headers or {}).items() if k.lower() not in from_credential}
+        sent.update(credential_headers or {})
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s)
         attrs = {
             "http.request.method": method,
@@ -214,10 +273,12 @@ class HttpClient:
                 response = None
                 for hop_no in range(self.max_redirects + 1):
                     check_url(current, allow_private_network=self.allow_private_network)
+                    if _origin(current) != origin:  # once the chain leaves the origin, for good
+                        sent = {k: v for k, v in sent.items() if k.lower() not in private}
                     response = await self._client().request(
                         method,
                         current,
-                        headers=dict(headers or {}),
+                        headers=sent,
                         # The query belongs to the first URL; a redirect's Location carries its own.
                         params=dict(query) if query and hop_no == 0 else None,
                         json=json_body,
@@ -267,8 +328,16 @@ class HttpClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._s3_pool is not None:
+            # Transfers still running finish on their own threads; nothing new is started.
+            self._s3_pool.shutdown(wait=False, cancel_futures=True)
+            self._s3_pool = None
         # Let the connector's transports finish closing before the loop moves on.
         await asyncio.sleep(0)
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    return url.scheme, (url.host or "").lower().rstrip("."), url.port
 
 
 def is_textual(content_type: str) -> bool:
@@ -314,14 +383,13 @@ async def http_request(p: HttpRequestParams, ctx: OpContext) -> dict[str, Any]:
     """Send an HTTP request; returns status, final url, headers, content_type, size and body (JSON when the
     response is JSON, else text, or base64 for binary bodies)."""
     client = ctx.services.require_http()
-    headers = dict(p.headers)
-    if p.auth:
-        headers.update(auth_headers(ctx.services.credential(p.auth)))
+    credential_headers = auth_headers(scoped_credential(ctx, p.auth, host=URL(p.url).host)) if p.auth else {}
     query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in p.query.items()}
     async with client.open(
         p.method,
         p.url,
-        headers=headers,
+        headers=p.headers,
+        credential_headers=credential_headers,
         query=query,
         json_body=p.json_body,
         data=p.body,
