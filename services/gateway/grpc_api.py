@@ -17,6 +17,7 @@ from services.common import rpc
 from services.common.errors import InvalidInputError, OpenClawError
 from services.common.taskstore import TaskEventRecord, TaskRecord
 from services.gateway.auth import Principal, TokenVerifier
+from services.gateway.jsonbody import parse_json
 from services.gateway.tasks import SubmitRequest, TaskService
 
 SERVICE_NAME = "openclaw.v1.TaskService"
@@ -111,12 +112,7 @@ def _submit_request(request: gateway_pb2.SubmitTaskRequest) -> SubmitRequest:
 
 
 def _json_object(raw: str, field: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(
-            f"{field} is malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", field=field
-        ) from exc
+    value = parse_json(raw, field=field)
     if not isinstance(value, dict):
         raise InvalidInputError(f"{field} must be a JSON object", field=field)
     return value

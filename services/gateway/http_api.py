@@ -31,6 +31,7 @@ from services.common.errors import (
 )
 from services.common.taskstore import TaskEventRecord, TaskRecord
 from services.gateway.auth import AuthError, Principal, TokenVerifier
+from services.gateway.jsonbody import parse_json
 from services.gateway.metrics import HTTP_DURATION, HTTP_REQUESTS, UNMATCHED_ROUTE
 from services.gateway.tasks import MAX_WAIT_S, SubmitRequest, TaskService
 
@@ -78,16 +79,7 @@ async def read_json(request: Request, limit: int) -> Any:
     raw = b"".join(chunks)
     if not raw.strip():
         raise InvalidInputError("the request body is empty; a JSON object is required")
-    try:
-        return json.loads(raw)
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"the request body is not UTF-8: {exc.reason}") from exc
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(
-            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-            line=exc.lineno,
-            column=exc.colno,
-        ) from exc
+    return parse_json(raw)
 
 
 def authenticate(verifier: TokenVerifier, request: Request) -> Principal:

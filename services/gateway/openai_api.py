@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import anyio
-from google.protobuf import struct_pb2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -40,6 +39,10 @@ _MAPPED = frozenset(
     | {"stream", "stream_options"}
 )
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_INT32 = 2**31 - 1
+# A protobuf decoder stops at 100 levels of message nesting and a Struct spends up to three per JSON object
+# level, so pass-through values are held to fewer levels than the body as a whole (jsonbody.MAX_DEPTH).
+_EXTRA_MAX_DEPTH = 32
 
 
 class ChatBackend(Protocol):
@@ -139,26 +142,29 @@ def to_chat_request(body: Any, *, tenant: str, request_id: str) -> router_pb2.Ch
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise OpenAIError(400, "'messages' must be a non-empty array", param="messages")
-    n = body.get("n", 1)
-    if n not in (1, None):
-        raise OpenAIError(400, "only n=1 is supported", param="n")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise OpenAIError(400, "'n' must be 1: one choice per request is supported", param="n")
     request = router_pb2.ChatRequest(
         model=model,
         messages=[_message(m, i) for i, m in enumerate(messages)],
         tenant=tenant,
         request_id=request_id,
     )
-    for name in ("temperature", "top_p"):
-        value = body.get(name)
+    for name, high in (("temperature", 2.0), ("top_p", 1.0)):
+        value = _number(body, name, high)
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise OpenAIError(400, f"'{name}' must be a number", param=name)
-            setattr(request, name, float(value))
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
-            raise OpenAIError(400, "'max_tokens' must be a positive integer", param="max_tokens")
-        request.max_tokens = max_tokens
+            setattr(request, name, value)
+    for name in ("max_tokens", "max_completion_tokens"):  # the newer name wins when both are given
+        max_tokens = body.get(name)
+        if max_tokens is not None:
+            if (
+                isinstance(max_tokens, bool)
+                or not isinstance(max_tokens, int)
+                or not 0 < max_tokens <= _INT32
+            ):
+                raise OpenAIError(400, f"'{name}' must be an integer from 1 to {_INT32}", param=name)
+            request.max_tokens = max_tokens
     stop = body.get("stop")
     if isinstance(stop, str):
         request.stop.append(stop)
@@ -166,15 +172,56 @@ def to_chat_request(body: Any, *, tenant: str, request_id: str) -> router_pb2.Ch
         request.stop.extend(stop)
     elif stop is not None:
         raise OpenAIError(400, "'stop' must be a string or an array of strings", param="stop")
-    user = body.get("user")
-    if isinstance(user, str):
-        request.user = user
+    request.user = _optional_str(body, "user", "user")
+    if not isinstance(body.get("stream", False), bool | None):
+        raise OpenAIError(400, "'stream' must be a boolean", param="stream")
+    if not isinstance(body.get("stream_options", {}), dict | None):
+        raise OpenAIError(400, "'stream_options' must be an object", param="stream_options")
     extra = {k: v for k, v in body.items() if k not in _MAPPED}
     if extra:
-        struct = struct_pb2.Struct()
-        struct.update(extra)
-        request.extra.CopyFrom(struct)
+        for key, value in extra.items():
+            problem = _struct_problem(value)
+            if problem is not None:
+                raise OpenAIError(400, f"'{key}' {problem}", param=key)
+        request.extra.update(extra)
     return request
+
+
+def _number(body: dict[str, Any], name: str, high: float) -> float | None:
+    """A number in [0, high] (compared before float(), which a huge integer would overflow)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= high:
+        raise OpenAIError(400, f"'{name}' must be a number from 0 to {high:g}", param=name)
+    return float(value)
+
+
+def _optional_str(raw: dict[str, Any], key: str, param: str) -> str:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise OpenAIError(400, f"'{param}' must be a string", param=param)
+    return value or ""
+
+
+def _struct_problem(value: Any) -> str | None:
+    """Why a protobuf Struct cannot carry value to the router, if it cannot (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth >= _EXTRA_MAX_DEPTH:
+                return f"is nested too deeply (more than {_EXTRA_MAX_DEPTH} levels)"
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(node, float) and not math.isfinite(node):
+            return "holds a number that is not finite"
+        elif isinstance(node, int) and not isinstance(node, bool):
+            try:
+                float(node)
+            except OverflowError:
+                return "holds an integer too large to pass on (beyond the range of a double)"
+    return None
 
 
 def _message(raw: Any, index: int) -> router_pb2.ChatMessage:
@@ -183,23 +230,26 @@ def _message(raw: Any, index: int) -> router_pb2.ChatMessage:
         raise OpenAIError(400, f"{param} must be an object", param=param)
     role = raw.get("role")
     if not isinstance(role, str) or not role:
-        raise OpenAIError(400, f"{param}.role is required", param=f"{param}.role")
-    message = router_pb2.ChatMessage(role=role, content=_content(raw.get("content"), f"{param}.content"))
-    if isinstance(raw.get("name"), str):
-        message.name = raw["name"]
-    if isinstance(raw.get("tool_call_id"), str):
-        message.tool_call_id = raw["tool_call_id"]
-    for j, call in enumerate(raw.get("tool_calls") or ()):
+        raise OpenAIError(400, f"{param}.role is required and must be a string", param=f"{param}.role")
+    message = router_pb2.ChatMessage(
+        role=role,
+        content=_content(raw.get("content"), f"{param}.content"),
+        name=_optional_str(raw, "name", f"{param}.name"),
+        tool_call_id=_optional_str(raw, "tool_call_id", f"{param}.tool_call_id"),
+    )
+    calls = raw.get("tool_calls")
+    if calls is not None and not isinstance(calls, list):
+        raise OpenAIError(400, f"{param}.tool_calls must be an array", param=f"{param}.tool_calls")
+    for j, call in enumerate(calls or ()):
+        where = f"{param}.tool_calls[{j}]"
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise OpenAIError(
-                400, f"{param}.tool_calls[{j}] needs a function name", param=f"{param}.tool_calls"
-            )
+            raise OpenAIError(400, f"{where} needs a function name", param=f"{param}.tool_calls")
         arguments = function.get("arguments", "")
         message.tool_calls.append(
             router_pb2.ToolCall(
-                id=str(call.get("id", "")),
-                type=str(call.get("type", "function")),
+                id=_optional_str(call, "id", f"{where}.id"),
+                type=_optional_str(call, "type", f"{where}.type") or "function",
                 name=function["name"],
                 arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
             )

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from services.simulator.behaviour import Behaviour, BehaviourTable, Fault, Stats, play
-from services.simulator.openai_api import SSE_HEADERS, break_off, read_json
+from services.simulator.openai_api import MAX_INT32, SSE_HEADERS, break_off, read_json
 from services.simulator.reply import Reply, compose, prompt_tokens
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -64,17 +64,45 @@ def _check(body: dict[str, Any]) -> str | None:
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             return f"messages.{index}: must be an object with a 'role'"
+        problem = _check_content(message.get("content"), f"messages.{index}.content")
+        if problem is not None:
+            return problem
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 0 < max_tokens <= MAX_INT32
     ):
-        return "max_tokens: must be a positive integer"
-    if not isinstance(body.get("system", ""), str | list | None):
+        return f"max_tokens: must be an integer from 1 to {MAX_INT32}"
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        # Compared as is: float() would overflow on a huge integer.
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1
+        ):
+            return f"{name}: must be a number from 0 to 1"
+    stop = body.get("stop_sequences")
+    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        return "stop_sequences: must be an array of strings"
+    system = body.get("system")
+    if not isinstance(system, str | list | None) or (
+        isinstance(system, list) and not all(isinstance(block, dict) for block in system)
+    ):
         return "system: must be a string or an array of text blocks"
     if not isinstance(body.get("stream", False), bool | None):
         return "stream: must be a boolean"
     if not isinstance(body.get("tools", []), list | None):
         return "tools: must be an array"
+    return None
+
+
+def _check_content(content: Any, where: str) -> str | None:
+    """A sentence naming what is wrong with a message's content (a string or an array of blocks), if any."""
+    if isinstance(content, str):
+        return None
+    if not isinstance(content, list):
+        return f"{where}: must be a string or an array of content blocks"
+    for index, block in enumerate(content):
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            return f"{where}.{index}: must be an object with a 'type'"
     return None
 
 

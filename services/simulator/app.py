@@ -13,6 +13,7 @@ from aiohttp import web
 
 from services.simulator.anthropic_api import AnthropicRoutes
 from services.simulator.behaviour import BehaviourError, BehaviourTable, Stats, load_behaviour_file
+from services.simulator.jsonbody import parse_json
 from services.simulator.openai_api import OpenAIRoutes
 from services.simulator.settings import SimulatorSettings
 
@@ -80,9 +81,9 @@ class ControlRoutes:
         model = request.match_info["model"]
         raw = await request.read()
         try:
-            patch = json.loads(raw) if raw.strip() else {}
+            patch = parse_json(raw) if raw.strip() else {}
         except ValueError as exc:
-            return _control_error(f"malformed JSON body: {exc}", None)
+            return _control_error(str(exc), None)
         try:
             behaviour = self._behaviours.update(model, patch)
         except BehaviourError as exc:

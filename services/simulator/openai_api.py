@@ -15,12 +15,14 @@ from typing import Any
 from aiohttp import web
 
 from services.simulator.behaviour import Behaviour, BehaviourTable, Fault, Stats, play
+from services.simulator.jsonbody import parse_json
 from services.simulator.reply import Reply, compose, count_tokens, embedding, prompt_tokens
 
 SYSTEM_FINGERPRINT = "openclaw-simulator"
 OWNER = "openclaw-simulator"
 DEFAULT_DIMENSIONS = 16
 MAX_DIMENSIONS = 8192
+MAX_INT32 = 2**31 - 1
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _DONE = b"data: [DONE]\n\n"
@@ -76,19 +78,45 @@ def break_off(request: web.Request) -> None:
 
 async def read_json(request: web.Request) -> dict[str, Any] | str:
     """The request body as a JSON object, or a sentence saying what is wrong with it."""
-    raw = await request.read()
     try:
-        body = json.loads(raw)
+        body = parse_json(await request.read())
     except ValueError as exc:
-        return f"malformed JSON body: {exc}"
+        return str(exc)
     if not isinstance(body, dict):
         return f"request body must be a JSON object, got {type(body).__name__}"
     return body
 
 
 def _positive_int(body: dict[str, Any], name: str) -> bool:
+    """Absent, or an integer from 1 to MAX_INT32."""
     value = body.get(name)
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+    return value is None or (
+        isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_INT32
+    )
+
+
+def _number_in(body: dict[str, Any], name: str, high: float) -> bool:
+    """Absent, or a number from 0 to high (compared as is: float() would overflow on a huge integer)."""
+    value = body.get(name)
+    return value is None or (
+        isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= high
+    )
+
+
+def _check_message(message: Any, param: str) -> tuple[str, str] | None:
+    """The (param, message) of the first problem in one chat message, if any."""
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        return param, f"{param} must be an object with a 'role'"
+    content = message.get("content")
+    if not isinstance(content, str | list | None):
+        return f"{param}.content", f"{param}.content must be a string, an array of content parts or null"
+    for index, part in enumerate(content if isinstance(content, list) else ()):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            where = f"{param}.content[{index}]"
+            return where, f"{where} must be an object with a 'type'"
+    if not isinstance(message.get("tool_calls", []), list | None):
+        return f"{param}.tool_calls", f"{param}.tool_calls must be an array"
+    return None
 
 
 def _check_chat(body: dict[str, Any]) -> tuple[str, str] | None:
@@ -102,13 +130,26 @@ def _check_chat(body: dict[str, Any]) -> tuple[str, str] | None:
     if not isinstance(messages, list) or not messages:
         return "messages", "'messages' must be a non-empty array"
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            return f"messages[{index}]", f"messages[{index}] must be an object with a 'role'"
+        problem = _check_message(message, f"messages[{index}]")
+        if problem is not None:
+            return problem
     if not isinstance(body.get("stream", False), bool | None):
         return "stream", "'stream' must be a boolean"
-    for name in ("max_tokens", "max_completion_tokens"):
+    if not isinstance(body.get("stream_options", {}), dict | None):
+        return "stream_options", "'stream_options' must be an object"
+    for name in ("max_tokens", "max_completion_tokens", "n"):
         if not _positive_int(body, name):
-            return name, f"'{name}' must be a positive integer"
+            return name, f"'{name}' must be an integer from 1 to {MAX_INT32}"
+    for name, high in (("temperature", 2.0), ("top_p", 1.0)):
+        if not _number_in(body, name, high):
+            return name, f"'{name}' must be a number from 0 to {high:g}"
+    stop = body.get("stop")
+    if not (
+        stop is None
+        or isinstance(stop, str)
+        or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
+        return "stop", "'stop' must be a string or an array of strings"
     if not isinstance(body.get("tools", []), list | None):
         return "tools", "'tools' must be an array"
     return None

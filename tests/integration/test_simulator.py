@@ -31,6 +31,17 @@ pytestmark = pytest.mark.integration
 USER: Any = {"role": "user", "content": "Summarise this please\nsecond line here"}
 
 
+def _nested(levels: int) -> Any:
+    value: Any = {"latency_ms": 0}
+    for _ in range(levels // 2):
+        value = {"x": [value]}
+    return value
+
+
+DEEP = _nested(140)
+"""Past the 64 levels a request body may nest, though well within what the JSON parser recurses through."""
+
+
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     simulator = await start(SimulatorSettings(host="127.0.0.1", port=0))
@@ -530,7 +541,7 @@ async def test_control_api_rejects_bad_fields(
         assert "x" not in (await response.json())["models"]
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]"])
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"[" * 5000, json.dumps(DEEP).encode()])
 async def test_control_api_rejects_bad_bodies(http: aiohttp.ClientSession, body: bytes) -> None:
     async with http.put("/_sim/models/x", data=body) as response:
         assert response.status == 400
@@ -554,6 +565,81 @@ async def test_malformed_json_gets_a_provider_shaped_400(http: aiohttp.ClientSes
         assert body["error"]["type"] == "invalid_request_error"
         assert "malformed JSON" in body["error"]["message"]
     assert (await stats(http))["outcomes"] == {"bad_request": 2}
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/messages/count_tokens"]
+)
+@pytest.mark.parametrize(
+    "body", [b"[" * 5000, json.dumps(DEEP).encode()], ids=["past-recursion", "past-limit"]
+)
+async def test_deeply_nested_body_is_a_provider_shaped_400(
+    http: aiohttp.ClientSession, path: str, body: bytes
+) -> None:
+    async with http.post(path, data=body) as response:
+        assert response.status == 400
+        answer = await response.json()
+    assert answer["error"]["type"] == "invalid_request_error"
+    assert "nested too deeply" in answer["error"]["message"]
+    if path.startswith("/v1/messages"):
+        assert answer["type"] == "error"
+
+
+def _oai(**fields: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [USER], **fields}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"model": "m", "messages": [{"role": "user", "content": [5]}]}, "messages[0].content[0]"),
+        ({"model": "m", "messages": [{"role": "assistant", "tool_calls": 5}]}, "messages[0].tool_calls"),
+        (_oai(max_tokens=10**30), "max_tokens"),
+        (_oai(n=0), "n"),
+        (_oai(temperature=10**400), "temperature"),
+        (_oai(top_p=2), "top_p"),
+        (_oai(stop=[1]), "stop"),
+        (_oai(stream=True, stream_options="x"), "stream_options"),
+    ],
+)
+async def test_openai_malformed_parameter_is_a_400_naming_it(
+    http: aiohttp.ClientSession, body: dict[str, Any], param: str
+) -> None:
+    async with http.post("/v1/chat/completions", json=body) as response:
+        assert response.status == 400, await response.text()
+        error = (await response.json())["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+
+
+def _anthropic(**fields: Any) -> dict[str, Any]:
+    return {"model": "m", "max_tokens": 5, "messages": [USER], **fields}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+        ({"model": "m", "messages": [{"role": "user", "content": [5]}]}, "messages.0.content.0"),
+        ({"model": "m", "messages": [{"role": "user"}]}, "messages.0.content"),
+        (_anthropic(max_tokens=10**30), "max_tokens"),
+        (_anthropic(temperature=10**400), "temperature"),
+        (_anthropic(top_p=1.5), "top_p"),
+        (_anthropic(stop_sequences="x"), "stop_sequences"),
+        (_anthropic(system=[5]), "system"),
+    ],
+)
+async def test_anthropic_malformed_field_is_a_400_naming_it(
+    http: aiohttp.ClientSession, body: dict[str, Any], field: str
+) -> None:
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        async with http.post(path, json=body) as response:
+            assert response.status == 400, await response.text()
+            answer = await response.json()
+        assert answer["type"] == "error"
+        assert answer["error"]["type"] == "invalid_request_error"
+        assert answer["error"]["message"].startswith(f"{field}:")
 
 
 async def test_missing_messages_is_a_400_naming_it(
