@@ -11,8 +11,9 @@ from typing import Any
 
 import pybreaker
 from prometheus_client import Counter, Gauge
+from redis.exceptions import ResponseError
 
-from services.common.errors import BreakerOpenError, OpenClawError
+from services.common.errors import BreakerOpenError, CallerTimeoutError, OpenClawError
 
 BREAKER_STATE = Gauge(
     "openclaw_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", ["breaker"]
@@ -34,7 +35,8 @@ class _MetricsListener(pybreaker.CircuitBreakerListener):
 
 def _is_caller_error(exc: BaseException) -> bool:
     """Errors the caller caused (bad input, unknown names, walking away) say nothing about the dependency's health."""
-    if isinstance(exc, GeneratorExit | asyncio.CancelledError):
+    if isinstance(exc, GeneratorExit | asyncio.CancelledError | CallerTimeoutError | ResponseError):
+        # ResponseError: Redis answered, refusing the command (a bad stream id, say): it is up.
         return True
     return isinstance(exc, OpenClawError) and not exc.retryable and exc.http_status < 500
 

@@ -105,6 +105,12 @@ class TimeoutError_(OpenClawError):
     retryable = True
 
 
+class CallerTimeoutError(TimeoutError_):
+    """The work outran a timeout the caller chose shorter than the default: it says nothing about the callee."""
+
+    code = "timeout"
+
+
 class ResourceExhaustedError(OpenClawError):
     """A limit was reached (concurrency, rate, quota); retry after a delay."""
 

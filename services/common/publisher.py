@@ -32,7 +32,8 @@ class TaskPublisher:
             return self._exchange
         async with self._lock:
             if self._exchange is None or self._channel is None or self._channel.is_closed:
-                self._channel = await self._connection.channel(publisher_confirms=True)
+                # on_return_raises: an unroutable (returned) message must fail the publish, not count as confirmed.
+                self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
                 self._exchange, _ = await self._topology.declare(self._channel)
         return self._exchange
 
@@ -52,7 +53,9 @@ class TaskPublisher:
             assert self._channel is not None
             exchange = self._channel.default_exchange
         try:
-            await asyncio.wait_for(exchange.publish(message, routing_key, mandatory=True), self._timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for wraps every publish in a task of its own.
+            async with asyncio.timeout(self._timeout):
+                await exchange.publish(message, routing_key, mandatory=True)
         except TimeoutError as exc:
             self._channel = None
             raise UnavailableError(f"RabbitMQ did not confirm the publish within {self._timeout}s") from exc

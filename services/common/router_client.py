@@ -11,7 +11,7 @@ import grpc
 from openclaw.v1 import router_pb2, router_pb2_grpc
 from services.common import rpc
 from services.common.breaker import AsyncBreaker
-from services.common.errors import OpenClawError, UnavailableError
+from services.common.errors import CallerTimeoutError, OpenClawError, UnavailableError
 from services.common.hop import Hop
 
 # Transparent retries of calls that never reached the router (UNAVAILABLE), per gRPC's retry policy.
@@ -61,7 +61,7 @@ class RouterClient:
                     request, timeout=timeout_s or self._timeout, metadata=rpc.outgoing_metadata()
                 )
             except grpc.aio.AioRpcError as exc:
-                raise rpc.error_from_rpc(exc) from exc
+                raise self._error(exc, timeout_s) from exc
             span.set_attribute("gen_ai.response.model", response.model)
             span.set_attribute("gen_ai.usage.input_tokens", response.usage.prompt_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", response.usage.completion_tokens)
@@ -79,9 +79,15 @@ class RouterClient:
                 async for chunk in call:
                     yield chunk
             except grpc.aio.AioRpcError as exc:
-                raise rpc.error_from_rpc(exc) from exc
+                raise self._error(exc, timeout_s) from exc
             finally:
                 call.cancel()
+
+    def _error(self, exc: grpc.aio.AioRpcError, timeout_s: float | None) -> OpenClawError:
+        """The remote error; a deadline the caller chose shorter than ours is not the router's fault."""
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and timeout_s and timeout_s < self._timeout:
+            return CallerTimeoutError(f"the router did not answer within the step's {timeout_s}s timeout")
+        return rpc.error_from_rpc(exc)
 
     async def list_models(self) -> router_pb2.ListModelsResponse:
         """The router's model table."""

@@ -41,11 +41,19 @@ def inject(carrier: MutableMapping[str, Any] | None = None) -> dict[str, Any]:
     return out
 
 
+_TRACE_KEYS = ("traceparent", "tracestate", "baggage")
+
+
 def extract(carrier: Mapping[str, Any]) -> context.Context:
-    """Read trace context from headers (AMQP headers, gRPC metadata)."""
-    return propagate.extract(
-        {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in carrier.items()}
-    )
+    """Read trace context from headers (AMQP headers, gRPC metadata); garbage never raises."""
+    found: dict[str, str] = {}
+    for key in _TRACE_KEYS:
+        value = carrier.get(key)
+        if isinstance(value, bytes):
+            found[key] = value.decode("utf-8", errors="replace")
+        elif isinstance(value, str):
+            found[key] = value
+    return propagate.extract(found)
 
 
 def current_trace_id() -> str:

@@ -240,7 +240,9 @@ class GatewayApp:
             name: result if isinstance(result, str) else f"error: {type(result).__name__}: {result}"
             for name, result in zip(names, results, strict=True)
         }
-        return all(v == "ok" for v in checks.values()), checks
+        # The router is reported but does not gate readiness: the task API works without it, and pulling
+        # every gateway out of the Service because chat is down would take tasks down too.
+        return checks["redis"] == "ok" and checks["rabbitmq"] == "ok", checks
 
     async def stop(self) -> None:
         """Drain: readiness 503, stop accepting, let in-flight work finish within drain_seconds, close all."""

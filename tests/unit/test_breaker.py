@@ -230,3 +230,20 @@ async def test_release_drops_the_breakers_metric_series() -> None:
         if f.name.startswith("openclaw_breaker")
     }
     assert b.name not in names
+
+
+async def test_caller_chosen_timeouts_and_redis_command_errors_do_not_open_the_breaker() -> None:
+    from redis.exceptions import ResponseError
+
+    from services.common.errors import CallerTimeoutError
+
+    b = breaker(fail_max=2)
+    for exc in (
+        CallerTimeoutError("step timeout"),
+        ResponseError("Invalid stream ID"),
+        CallerTimeoutError("again"),
+    ):
+        with pytest.raises(type(exc)):
+            async with b.guard():
+                raise exc
+    assert b.state == "closed"

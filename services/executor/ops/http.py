@@ -33,6 +33,7 @@ from yarl import URL
 
 from services.common.breaker import AsyncBreaker
 from services.common.errors import (
+    CallerTimeoutError,
     InvalidInputError,
     NotFoundError,
     OpenClawError,
@@ -306,7 +307,9 @@ class HttpClient:
                     raise PermissionDeniedError(f"url: {exc.os_error}", host=current.host) from exc
                 raise UnavailableError(f"cannot connect to {current.host}: {exc.os_error}") from exc
             except TimeoutError as exc:
-                raise TimeoutError_(
+                # A timeout the step chose below the default must not open the host's breaker for everyone.
+                cls = CallerTimeoutError if timeout_s and timeout_s < self.timeout_s else TimeoutError_
+                raise cls(
                     f"{current.host} did not answer within {timeout.total}s", host=current.host
                 ) from exc
             except aiohttp.ClientError as exc:
