@@ -89,6 +89,7 @@ class ExecutorApp:
                 allow_private_network=s.allow_private_network,
                 max_bytes=s.http_max_bytes,
                 timeout_s=s.http_timeout_s,
+                s3_max_threads=s.s3_max_threads,
             )
         )
         services = OpServices(
@@ -97,6 +98,7 @@ class ExecutorApp:
             router=self.router,
             http=self.http,
             router_timeout_s=s.router_timeout_s,
+            max_output_bytes=s.max_output_bytes,
         )
         engine = Engine(self.catalogue, services, max_output_bytes=s.max_output_bytes)
         self.worker = Worker(

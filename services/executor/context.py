@@ -32,6 +32,8 @@ class OpServices:
     router: ChatClient | None = None
     http: HttpClient | None = None
     router_timeout_s: float = 120.0
+    # The engine refuses larger step outputs, so operations stop reading past it.
+    max_output_bytes: int = 1024 * 1024
 
     def credential(self, name: str) -> Mapping[str, str]:
         """A named credential set from the executor's settings."""

@@ -259,12 +259,12 @@ async def test_s3_downloads_do_not_starve_the_default_executor(
 
 
 async def test_file_read_is_capped_at_the_output_limit(tmp_path: Path) -> None:
-    cap = 1024 * 1024  # ExecutorSettings().max_output_bytes
-    ctx = ctx_for(tmp_path, OpServices(storage_root=tmp_path))
+    cap = 4096  # the executor's max_output_bytes, as the bootstrap passes it
+    ctx = ctx_for(tmp_path, OpServices(storage_root=tmp_path, max_output_bytes=cap))
     (tmp_path / TENANT).mkdir()
     (tmp_path / TENANT / "big.txt").write_bytes(b"x" * (cap + 1))
     (tmp_path / TENANT / "ok.txt").write_bytes(b"x" * cap)
-    with pytest.raises(PayloadTooLargeError, match=f"at most {cap} bytes"):
+    with pytest.raises(PayloadTooLargeError, match=f"larger than {cap} bytes"):
         await run("file_read", {"path": "big.txt", "max_bytes": 100 * 1024 * 1024}, ctx)
     with pytest.raises(PayloadTooLargeError, match="larger than 10 bytes"):
         await run("file_read", {"path": "ok.txt", "max_bytes": 10}, ctx)

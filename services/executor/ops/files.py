@@ -43,9 +43,6 @@ if TYPE_CHECKING:
 
 TEXT_PREVIEW_BYTES = 64 * 1024
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
-# A step's output is checkpointed only up to the engine's max_output_bytes (ExecutorSettings, 1 MiB by
-# default); reading more than that can only end in payload_too_large, after the work and memory are spent.
-FILE_READ_MAX_BYTES = 1024 * 1024
 _CHUNK = 256 * 1024
 _TEXT_SUFFIXES = {".csv", ".tsv", ".txt", ".md", ".json", ".jsonl", ".yaml", ".yml", ".xml", ".html", ".log"}
 
@@ -127,8 +124,8 @@ def _read(root: Path, relative: str, max_bytes: int, fmt: str) -> dict[str, Any]
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise PayloadTooLargeError(
-            f"path: {relative!r} is larger than {max_bytes} bytes; file_read returns at most "
-            f"{FILE_READ_MAX_BYTES} bytes (a step's output limit)",
+            f"path: {relative!r} is larger than {max_bytes} bytes, the most file_read returns "
+            "(a step's output limit, OPENCLAW_EXECUTOR_MAX_OUTPUT_BYTES)",
             limit=max_bytes,
         )
     rel = _relative(root, target)
@@ -154,7 +151,10 @@ def _read(root: Path, relative: str, max_bytes: int, fmt: str) -> dict[str, Any]
 async def file_read(p: FileReadParams, ctx: OpContext) -> dict[str, Any]:
     """Read a file from the tenant's storage; returns path, size, sha256 and content (text, parsed JSON or
     base64)."""
-    limit = min(p.max_bytes or FILE_READ_MAX_BYTES, FILE_READ_MAX_BYTES)
+    # A step's output is checkpointed only up to the engine's max_output_bytes; reading more than that could
+    # only end in payload_too_large, after the work and memory are spent.
+    ceiling = ctx.services.max_output_bytes
+    limit = min(p.max_bytes or ceiling, ceiling)
     return await asyncio.to_thread(_read, ctx.tenant_root, p.path, limit, p.format)
 
 
