@@ -45,6 +45,7 @@ class Hop:
         self._ok = HOP_REQUESTS.labels(name, "ok")
         self._error = HOP_REQUESTS.labels(name, "error")
         self._open = HOP_REQUESTS.labels(name, "breaker_open")
+        self._cancelled = HOP_REQUESTS.labels(name, "cancelled")
         self._duration = HOP_DURATION.labels(name)
 
     @asynccontextmanager
@@ -57,22 +58,63 @@ class Hop:
             try:
                 async with self.breaker.guard():
                     yield span
-            except BreakerOpenError as exc:
-                self._open.inc()
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                raise
-            except (GeneratorExit, asyncio.CancelledError):
-                HOP_REQUESTS.labels(self.name, "cancelled").inc()
-                raise
             except BaseException as exc:
-                self._error.inc()
-                self._duration.observe(time.perf_counter() - start)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                self._failed(span, exc, start)
                 raise
-            self._ok.inc()
+            self._succeeded(start)
+
+    async def call(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """Await fn(*args, **kwargs) across this hop (span named after the hop)."""
+        return await self.call_as(self.name, fn, *args, **kwargs)
+
+    async def call_as(
+        self, span_name: str, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+    ) -> T:
+        """Await fn(*args, **kwargs) across this hop as a leaf call (a store command, say).
+
+        Same breaker, metrics and span as ``guard``, but the span is not made current: fn starts no spans
+        or calls of its own that should hang under it, and skipping the context switch keeps the cost of
+        the many small calls of a task down.
+        """
+        return await self._leaf(span_name, True, fn, *args, **kwargs)
+
+    async def call_blocking(
+        self, span_name: str, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+    ) -> T:
+        """Like ``call_as`` for a call that waits on purpose (a blocking read): counted and traced, but kept
+        out of the duration histogram, where the caller's chosen wait would drown the hop's latency."""
+        return await self._leaf(span_name, False, fn, *args, **kwargs)
+
+    async def _leaf(
+        self, span_name: str, timed: bool, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+    ) -> T:
+        start = time.perf_counter() if timed else None
+        span = self._tracer.start_span(span_name, kind=self._span_kind, attributes=self._attributes or None)
+        try:
+            async with self.breaker.guard():
+                result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self._failed(span, exc, start)
+            span.record_exception(exc)  # as start_as_current_span does for guard's spans
+            raise
+        finally:
+            span.end()
+        self._succeeded(start)
+        return result
+
+    def _succeeded(self, start: float | None) -> None:
+        self._ok.inc()
+        if start is not None:
             self._duration.observe(time.perf_counter() - start)
 
-    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Await fn(*args, **kwargs) across this hop."""
-        async with self.guard():
-            return await fn(*args, **kwargs)
+    def _failed(self, span: trace.Span, exc: BaseException, start: float | None) -> None:
+        if isinstance(exc, BreakerOpenError):
+            self._open.inc()
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+        elif isinstance(exc, GeneratorExit | asyncio.CancelledError):
+            self._cancelled.inc()
+        else:
+            self._error.inc()
+            if start is not None:
+                self._duration.observe(time.perf_counter() - start)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))

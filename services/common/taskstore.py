@@ -20,24 +20,31 @@ STATUSES = frozenset({"queued", "running", "retrying", *TERMINAL})
 _TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
-# Moves a task to a new status unless it already ended; appends the event; expires ended tasks.
+# Moves a task to a new status unless it already ended; appends the event. A task that ends also gets
+# its one entry on the "done" stream (what long-polls block on) and every key of it expires. A step
+# checkpoint may ride along (the last step's, written with the outcome it leads to), ahead of the status.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
 if cur == 'succeeded' or cur == 'failed' or cur == 'cancelled' then return {0, cur} end
 local n = tonumber(ARGV[4])
+if ARGV[6 + n] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[6 + n], ARGV[7 + n])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[8 + n])
+end
 local args = {'status', ARGV[1], 'updated_ms', ARGV[2]}
 for i = 1, n do args[#args + 1] = ARGV[4 + i] end
 redis.call('HSET', KEYS[1], unpack(args))
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[3])
 if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
+  redis.call('XADD', KEYS[4], '*', 'status', ARGV[1])
   local ttl = tonumber(ARGV[5 + n])
-  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
 end
 return {1, cur}
 """
 
-# Cancels a queued task at once, flags a running one; ended tasks are left alone.
+# Cancels a queued task at once (with its "done" entry), flags a running one; ended tasks are left alone.
 _CANCEL = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return '' end
@@ -46,9 +53,48 @@ redis.call('HSET', KEYS[1], 'cancel', '1', 'updated_ms', ARGV[1])
 if cur == 'queued' or cur == 'retrying' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'error', ARGV[3])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[2])
+  redis.call('XADD', KEYS[3], '*', 'status', 'cancelled')
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
   return 'cancelled'
 end
 return cur
+"""
+
+# Stores a new task with its task.queued event (one command instead of a MULTI block).
+_CREATE = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[1])
+return 1
+"""
+
+# Records a finished step with its event, atomically (one command instead of a MULTI block).
+_CHECKPOINT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[3])
+return 1
+"""
+
+# A worker takes a delivered task: one round trip that refuses a missing, ended or cancel-flagged task
+# (or one the worker must end without running: ARGV[4] non-empty), else moves it to running, appends
+# task.started, and step.started of the first step (ARGV[5], event ARGV[6]) unless that step is already
+# checkpointed; returns whether it did, and the checkpointed steps.
+_CLAIM = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {'missing', ''} end
+if cur == 'succeeded' or cur == 'failed' or cur == 'cancelled' then return {'ended', cur} end
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {'cancel_requested', cur} end
+if ARGV[4] ~= '' then return {'refused', cur} end
+redis.call('HSET', KEYS[1], 'status', 'running', 'updated_ms', ARGV[1], 'attempt', ARGV[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[2])
+local announced = ''
+if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[3], ARGV[5]) == 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[6])
+  announced = ARGV[5]
+end
+local out = {'claimed', cur, announced}
+local steps = redis.call('HGETALL', KEYS[3])
+for i = 1, #steps do out[#out + 1] = steps[i] end
+return out
 """
 
 
@@ -146,10 +192,34 @@ class TaskEventRecord:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class TaskClaim:
+    """What a worker's claim found: ``outcome`` is "claimed" (the task is now running), "missing",
+    "ended", "cancel_requested" or "refused" (nothing changed); ``status`` is the status before the claim."""
+
+    outcome: str
+    status: str
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    step_started: str = ""
+    """The step whose step.started event the claim appended ("" if none)."""
+
+    @property
+    def claimed(self) -> bool:
+        return self.outcome == "claimed"
+
+
 def _event(task_id: str, type_: str, **fields: Any) -> str:
     body = {"type": type_, "task_id": task_id, "time_ms": now_ms()}
     body.update({k: v for k, v in fields.items() if v not in (None, "")})
     return json.dumps(body, default=str, separators=(",", ":"))
+
+
+def _checkpoint_args(task_id: str, step_id: str, state: dict[str, Any]) -> tuple[str, str]:
+    """(stored state, event) of a step checkpoint."""
+    status = state.get("status")
+    event_type = "step.completed" if status == "succeeded" else f"step.{status}"
+    event = _event(task_id, event_type, step_id=step_id, data=state.get("output"), error=state.get("error"))
+    return json.dumps(state, default=str), event
 
 
 class TaskStore:
@@ -161,6 +231,9 @@ class TaskStore:
         self._ttl = result_ttl_s
         self._transition = redis.register_script(_TRANSITION)
         self._cancel = redis.register_script(_CANCEL)
+        self._claim = redis.register_script(_CLAIM)
+        self._checkpoint = redis.register_script(_CHECKPOINT)
+        self._create = redis.register_script(_CREATE)
 
     def _key(self, tenant: str, task_id: str) -> str:
         return f"{self._ns}:{check_tenant(tenant)}:task:{check_task_id(task_id)}"
@@ -168,6 +241,9 @@ class TaskStore:
     def _keys(self, tenant: str, task_id: str) -> tuple[str, str, str]:
         base = self._key(tenant, task_id)
         return base, f"{base}:events", f"{base}:steps"
+
+    def _done_key(self, tenant: str, task_id: str) -> str:
+        return f"{self._key(tenant, task_id)}:done"
 
     async def create(
         self,
@@ -204,10 +280,9 @@ class TaskStore:
             "inputs": inputs_json,
             "idempotency_key": idempotency_key,
         }
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(task_key, mapping=mapping)
-            pipe.xadd(events_key, {"e": _event(record.id, "task.queued", status=record.status)}, maxlen=10000)
-            await pipe.execute()
+        flat = [item for pair in mapping.items() for item in pair]
+        event = _event(record.id, "task.queued", status=record.status)
+        await self._create(keys=[task_key, events_key], args=[event, *flat])
         return record, True
 
     async def forget_idempotency(self, tenant: str, idempotency_key: str) -> None:
@@ -241,8 +316,13 @@ class TaskStore:
         step_id: str = "",
         data: Any = None,
         error: dict[str, Any] | None = None,
+        checkpoint: tuple[str, dict[str, Any]] | None = None,
     ) -> tuple[bool, str]:
-        """Set the status (unless the task already ended) and append the event; returns (changed, previous)."""
+        """Set the status (unless the task already ended) and append the event; returns (changed, previous).
+
+        ``checkpoint`` (step id, state) records a finished step in the same atomic step, before the status
+        changes, as ``checkpoint()`` would; it is dropped with the rest if the task had already ended.
+        """
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         task_key, events_key, steps_key = self._keys(tenant, task_id)
@@ -250,11 +330,47 @@ class TaskStore:
         for k, v in (fields or {}).items():
             flat += [k, v]
         event = _event(task_id, event_type, status=status, step_id=step_id, data=data, error=error)
+        step: list[str] = ["", "", ""]
+        if checkpoint is not None:
+            step = [checkpoint[0], *_checkpoint_args(task_id, *checkpoint)]
         changed, previous = await self._transition(
-            keys=[task_key, events_key, steps_key],
-            args=[status, str(now_ms()), event, str(len(flat)), *flat, str(self._ttl)],
+            keys=[task_key, events_key, steps_key, f"{task_key}:done"],
+            args=[status, str(now_ms()), event, str(len(flat)), *flat, str(self._ttl), *step],
         )
         return bool(int(changed)), str(previous)
+
+    async def claim(
+        self,
+        tenant: str,
+        task_id: str,
+        *,
+        attempt: int,
+        data: Any = None,
+        refuse: bool = False,
+        first_step: tuple[str, Any] | None = None,
+    ) -> TaskClaim:
+        """Take a delivered task in one round trip: unless it is missing, ended or flagged for cancellation,
+        move it to running with ``attempt`` and append task.started (with ``data``); returns its checkpointed
+        steps. With ``refuse`` nothing changes either way: the caller ends the task without running it.
+
+        ``first_step`` (step id, event data): also append that step's step.started, unless it is already
+        checkpointed (a resumed task starts further on); ``TaskClaim.step_started`` says whether it did.
+        """
+        task_key, events_key, steps_key = self._keys(tenant, task_id)
+        event = _event(task_id, "task.started", status="running", data=data)
+        step_id, step_event = "", ""
+        if first_step is not None:
+            step_id = first_step[0]
+            step_event = _event(task_id, "step.started", step_id=step_id, data=first_step[1])
+        reply = await self._claim(
+            keys=[task_key, events_key, steps_key],
+            args=[str(now_ms()), event, str(attempt), "1" if refuse else "", step_id, step_event],
+        )
+        outcome, status = str(reply[0]), str(reply[1])
+        if outcome != "claimed":
+            return TaskClaim(outcome, status)
+        steps = {str(reply[i]): json.loads(reply[i + 1]) for i in range(3, len(reply) - 1, 2)}
+        return TaskClaim(outcome, status, steps, step_started=str(reply[2]))
 
     async def append_event(
         self, tenant: str, task_id: str, event_type: str, *, step_id: str = "", data: Any = None
@@ -268,23 +384,9 @@ class TaskStore:
     async def checkpoint(self, tenant: str, task_id: str, step_id: str, state: dict[str, Any]) -> None:
         """Record a finished step durably before the next one starts, with its event, atomically."""
         _, events_key, steps_key = self._keys(tenant, task_id)
-        event_type = "step.completed" if state.get("status") == "succeeded" else f"step.{state.get('status')}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(steps_key, step_id, json.dumps(state, default=str))
-            pipe.xadd(
-                events_key,
-                {
-                    "e": _event(
-                        task_id,
-                        event_type,
-                        step_id=step_id,
-                        data=state.get("output"),
-                        error=state.get("error"),
-                    )
-                },
-                maxlen=10000,
-            )
-            await pipe.execute()
+        await self._checkpoint(
+            keys=[steps_key, events_key], args=[step_id, *_checkpoint_args(task_id, step_id, state)]
+        )
 
     async def steps(self, tenant: str, task_id: str) -> dict[str, dict[str, Any]]:
         """Checkpointed step states by step id."""
@@ -303,9 +405,34 @@ class TaskStore:
         error = {"code": "cancelled", "message": "cancelled by request", "retryable": False}
         event = _event(task_id, "task.cancelled", status="cancelled", error=error)
         result = await self._cancel(
-            keys=[task_key, events_key], args=[str(now_ms()), event, json.dumps(error)]
+            keys=[task_key, events_key, f"{task_key}:done"],
+            args=[str(now_ms()), event, json.dumps(error), str(self._ttl)],
         )
         return str(result)
+
+    async def wait_ended(self, tenant: str, task_id: str, block_ms: int | None = None) -> bool:
+        """Whether the task has ended, blocking up to block_ms for it to end (None: answer at once).
+
+        Reads the task's "done" stream, written in the same script that ends the task, so a task that ends
+        between the caller's last read and this call is seen at once: one wake-up whatever the step count.
+        """
+        reply = await self._redis.xread(
+            {self._done_key(tenant, task_id): "0-0"},
+            count=1,
+            block=None if block_ms is None else max(1, block_ms),
+        )
+        return bool(reply)
+
+    async def wait_then_get(self, tenant: str, task_id: str, block_ms: int) -> tuple[bool, TaskRecord | None]:
+        """``wait_ended``, then the task as it is at that moment, in one round trip: the read is pipelined
+        behind the blocking one, and Redis answers it as soon as the block ends."""
+        task_key = self._key(tenant, task_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xread({f"{task_key}:done": "0-0"}, count=1, block=max(1, block_ms))
+            pipe.hgetall(task_key)
+            ended, data = await pipe.execute()
+        record = TaskRecord.from_hash({str(k): str(v) for k, v in data.items()}) if data else None
+        return bool(ended), record
 
     async def events(
         self, tenant: str, task_id: str, *, after: str = "0-0", block_ms: int | None = None, count: int = 100

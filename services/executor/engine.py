@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
+from prometheus_client import Histogram
 from pydantic import ValidationError
 
 from services.common.errors import InvalidInputError, OpenClawError, PayloadTooLargeError
@@ -82,6 +83,7 @@ class Engine:
         self.catalogue = catalogue
         self.services = services
         self.max_output_bytes = max_output_bytes
+        self._step_seconds: dict[str, Histogram] = {}
 
     async def run(self, workflow: Workflow, state: RunState, journal: Journal) -> Any:
         """Run every step not already completed, then return the workflow's output.
@@ -149,7 +151,10 @@ class Engine:
                 await self._failed(step, err, start, journal, span)
                 raise StepFailed(step, err) from exc
         duration = time.perf_counter() - start
-        metrics.STEP_DURATION.labels(step.type, "succeeded").observe(duration)
+        seconds = self._step_seconds.get(step.type)
+        if seconds is None:  # one child per operation, looked up once (labels() takes a lock)
+            seconds = self._step_seconds[step.type] = metrics.STEP_DURATION.labels(step.type, "succeeded")
+        seconds.observe(duration)
         await journal.step_succeeded(step, output, duration * 1000)
         return output
 

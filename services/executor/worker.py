@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import json
 import logging
 import time
@@ -35,7 +36,7 @@ from services.common.envelope import ERROR_HEADER, TENANT_HEADER, now_ms
 from services.common.errors import InvalidInputError, NotFoundError, OpenClawError, UnavailableError
 from services.common.hop import Hop
 from services.common.publisher import TaskPublisher
-from services.common.taskstore import TERMINAL, TaskStore, check_task_id, check_tenant
+from services.common.taskstore import TaskStore, check_task_id, check_tenant
 from services.common.topology import TASK_ROUTING_KEY, Topology
 from services.executor import metrics
 from services.executor.context import RunState
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("openclaw.executor")
 T = TypeVar("T")
 TASK_TYPE = "workflow.run"
+_OUTCOMES = {outcome: metrics.TASKS.labels(outcome) for outcome in metrics.OUTCOMES}
 
 
 class Disposition(enum.Enum):
@@ -63,30 +65,62 @@ class RedisCalls:
 
     async def __call__(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         try:
-            return await self.hop.call(fn, *args, **kwargs)
+            return await self.hop.call_as(f"taskstore.{fn.__name__}", fn, *args, **kwargs)
         except RedisError as exc:
             raise UnavailableError(f"Redis: {exc}") from exc
 
 
 class TaskJournal:
-    """The engine's Journal for one task, backed by the task store."""
+    """The engine's Journal for one task, backed by the task store.
 
-    def __init__(self, redis: RedisCalls, tenant: str, task_id: str, attempt: int) -> None:
+    Built from a claim, it already knows the checkpointed steps and that no cancellation was asked for
+    when the claim read the record, so the engine's first two questions cost no round trip, nor does the
+    step.started event the claim appended for the first step to run. Given the last step's id, it holds
+    that step's checkpoint back (no step follows it) for the worker to store atomically with the task's
+    outcome: ``take_final_checkpoint()``.
+    """
+
+    def __init__(
+        self,
+        redis: RedisCalls,
+        tenant: str,
+        task_id: str,
+        attempt: int,
+        *,
+        claimed_steps: dict[str, dict[str, Any]] | None = None,
+        announced_step_id: str = "",
+        last_step_id: str = "",
+    ) -> None:
         self._redis, self._store = redis, redis.store
         self._tenant, self._task_id, self._attempt = tenant, task_id, attempt
+        self._claimed_steps = claimed_steps
+        self._cancel_known_clear = claimed_steps is not None
+        self._announced_step_id = announced_step_id
+        self._last_step_id = last_step_id
+        self._final: tuple[str, dict[str, Any]] | None = None
+
+    def take_final_checkpoint(self) -> tuple[str, dict[str, Any]] | None:
+        """The last step's held-back checkpoint, if any (then None): store it with the outcome."""
+        final, self._final = self._final, None
+        return final
 
     async def completed_steps(self) -> dict[str, Any]:
-        states = await self._redis(self._store.steps, self._tenant, self._task_id)
+        states = self._claimed_steps
+        if states is None:
+            states = await self._redis(self._store.steps, self._tenant, self._task_id)
         return {sid: s.get("output") for sid, s in states.items() if s.get("status") == "succeeded"}
 
     async def step_started(self, step: Step) -> None:
+        if step.id == self._announced_step_id:  # the claim appended this event
+            self._announced_step_id = ""
+            return
         await self._redis(
             self._store.append_event,
             self._tenant,
             self._task_id,
             "step.started",
             step_id=step.id,
-            data={"type": step.type, "index": step.index, "attempt": self._attempt},
+            data=step_started_data(step, self._attempt),
         )
 
     async def step_succeeded(self, step: Step, output: Any, duration_ms: float) -> None:
@@ -98,6 +132,9 @@ class TaskJournal:
             "attempt": self._attempt,
             "finished_ms": now_ms(),
         }
+        if step.id == self._last_step_id:
+            self._final = (step.id, state)
+            return
         await self._redis(self._store.checkpoint, self._tenant, self._task_id, step.id, state)
 
     async def step_failed(self, step: Step, error: dict[str, Any], duration_ms: float) -> None:
@@ -112,7 +149,15 @@ class TaskJournal:
         await self._redis(self._store.checkpoint, self._tenant, self._task_id, step.id, state)
 
     async def cancel_requested(self) -> bool:
+        if self._cancel_known_clear:  # the claim just read the flag (it refuses a flagged task)
+            self._cancel_known_clear = False
+            return False
         return await self._redis(self._store.cancel_requested, self._tenant, self._task_id)
+
+
+def step_started_data(step: Step, attempt: int) -> dict[str, Any]:
+    """The data of a step.started event."""
+    return {"type": step.type, "index": step.index, "attempt": attempt}
 
 
 class Worker:
@@ -145,6 +190,9 @@ class Worker:
         self._tag: ConsumerTag | None = None
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Clients submit the same workflows over and over: parse each exact text once. A Workflow is never
+        # changed by a run (expressions resolve into copies), so runs can share it.
+        self._parse_json = functools.lru_cache(maxsize=256)(self._parse_uncached)
 
     @property
     def consuming(self) -> bool:
@@ -249,80 +297,99 @@ class Worker:
 
     async def _run(self, env: tasks_pb2.TaskEnvelope, span: trace.Span) -> Disposition:
         tenant, task_id = env.tenant, env.task_id
-        record = await self._redis(self._store.get, tenant, task_id)
-        if record is None:
-            await self._dead_letter(env, {"code": "not_found", "message": "no task record for this envelope"})
-            return Disposition.ACK
-        if record.status in TERMINAL:
-            log.info("skipping ended task", extra={"task_id": task_id, "status": record.status})
-            if record.status == "cancelled":
-                metrics.TASKS.labels("cancelled").inc()
-            return Disposition.ACK
-        if record.cancel_requested:
-            await self._end(
-                env, "cancelled", "task.cancelled", error=_cancelled("cancelled before it started")
-            )
-            return Disposition.ACK
+        attempt = max(env.attempt, 1)
+        max_attempts = env.max_attempts if env.max_attempts > 0 else self._max_attempts
+        # What would end the task without running it is found before the claim (no I/O), and the claim
+        # decides: a missing, ended or cancelled task is dealt with first, as it always was.
+        refusal: dict[str, Any] | None = None
+        workflow: Workflow | None = None
+        inputs: dict[str, Any] = {}
         if env.deadline_unix_ms and now_ms() > env.deadline_unix_ms:
             late = now_ms() - env.deadline_unix_ms
-            error = {
+            refusal = {
                 "code": "deadline_exceeded",
                 "message": f"the task's deadline passed {late} ms before it could start",
                 "retryable": False,
             }
-            await self._end(env, "failed", "task.failed", error=error)
-            return Disposition.ACK
+        else:
+            try:
+                workflow = self._workflow(env)
+                inputs = workflow.bind_inputs(_inputs(env))
+            except (InvalidInputError, NotFoundError) as exc:
+                refusal = exc.to_dict()
 
-        attempt = max(env.attempt, 1)
-        max_attempts = env.max_attempts if env.max_attempts > 0 else self._max_attempts
-        try:
-            workflow = self._workflow(env)
-            inputs = workflow.bind_inputs(_inputs(env))
-        except (InvalidInputError, NotFoundError) as exc:
-            await self._end(env, "failed", "task.failed", error=exc.to_dict())
-            return Disposition.ACK
-
-        changed, _ = await self._redis(
-            self._store.transition,
+        claim = await self._redis(
+            self._store.claim,
             tenant,
             task_id,
-            "running",
-            "task.started",
-            fields={"attempt": str(attempt)},
+            attempt=attempt,
             data={"attempt": attempt, "max_attempts": max_attempts},
+            refuse=refusal is not None,
+            first_step=None if workflow is None else _first_step(workflow, attempt),
         )
-        if not changed:
+        if claim.outcome == "missing":
+            await self._dead_letter(env, {"code": "not_found", "message": "no task record for this envelope"})
             return Disposition.ACK
+        if claim.outcome == "ended":
+            log.info("skipping ended task", extra={"task_id": task_id, "status": claim.status})
+            if claim.status == "cancelled":
+                metrics.TASKS.labels("cancelled").inc()
+            return Disposition.ACK
+        if claim.outcome == "cancel_requested":
+            await self._end(
+                env, "cancelled", "task.cancelled", error=_cancelled("cancelled before it started")
+            )
+            return Disposition.ACK
+        if refusal is not None or workflow is None:
+            await self._end(env, "failed", "task.failed", error=refusal)
+            return Disposition.ACK
+
         started = time.perf_counter()
         state = RunState(workflow=workflow, task_id=task_id, tenant=tenant, attempt=attempt, inputs=inputs)
+        journal = TaskJournal(
+            self._redis,
+            tenant,
+            task_id,
+            attempt,
+            claimed_steps=claim.steps,
+            announced_step_id=claim.step_started,
+            last_step_id=workflow.steps[-1].id,
+        )
         try:
-            result = await self._engine.run(
-                workflow, state, TaskJournal(self._redis, tenant, task_id, attempt)
-            )
+            result = await self._engine.run(workflow, state, journal)
         except WorkflowCancelled as exc:
             step = exc.next_step
             error = _cancelled(f"cancelled by request before step {step.id!r}") | {"step_id": step.id}
-            await self._end(env, "cancelled", "task.cancelled", error=error)
+            await self._end(
+                env, "cancelled", "task.cancelled", error=error, checkpoint=journal.take_final_checkpoint()
+            )
         except StepFailed as exc:
             span.set_status(Status(StatusCode.ERROR, exc.error.message))
-            await self._failed(env, exc.record(), exc.retryable, attempt, max_attempts)
+            await self._failed(
+                env, exc.record(), exc.retryable, attempt, max_attempts, journal.take_final_checkpoint()
+            )
         except OpenClawError as exc:  # the journal could not reach Redis, for instance
             span.set_status(Status(StatusCode.ERROR, exc.message))
-            await self._failed(env, exc.to_dict(), exc.retryable, attempt, max_attempts)
+            await self._failed(
+                env, exc.to_dict(), exc.retryable, attempt, max_attempts, journal.take_final_checkpoint()
+            )
         else:
-            await self._end(env, "succeeded", "task.succeeded", result=result)
+            await self._end(
+                env, "succeeded", "task.succeeded", result=result, checkpoint=journal.take_final_checkpoint()
+            )
         finally:
             metrics.TASK_DURATION.observe(time.perf_counter() - started)
         return Disposition.ACK
 
     def _workflow(self, env: tasks_pb2.TaskEnvelope) -> Workflow:
         if env.workflow_json:
-            doc: Any = env.workflow_json
-        elif env.template:
-            doc = load_template(env.template)
-        else:
-            raise InvalidInputError("the envelope has neither a workflow nor a template")
-        return parse_workflow(doc, known_ops=self._engine.catalogue)
+            return self._parse_json(env.workflow_json)
+        if env.template:
+            return parse_workflow(load_template(env.template), known_ops=self._engine.catalogue)
+        raise InvalidInputError("the envelope has neither a workflow nor a template")
+
+    def _parse_uncached(self, workflow_json: str) -> Workflow:
+        return parse_workflow(workflow_json, known_ops=self._engine.catalogue)
 
     async def _end(
         self,
@@ -332,6 +399,7 @@ class Worker:
         *,
         result: Any = None,
         error: dict[str, Any] | None = None,
+        checkpoint: tuple[str, dict[str, Any]] | None = None,
     ) -> None:
         fields: dict[str, str] = {}
         if result is not None or status == "succeeded":
@@ -347,10 +415,15 @@ class Worker:
             fields=fields,
             data=result,
             error=error,
+            checkpoint=checkpoint,
         )
-        metrics.TASKS.labels(status).inc()
-        log.info(
-            "task %s", status, extra={"task_id": env.task_id, "tenant": env.tenant, "attempt": env.attempt}
+        _OUTCOMES[status].inc()
+        # Success is the hot path: no log line per task there (the metric and the trace tell it).
+        log.log(
+            logging.DEBUG if status == "succeeded" else logging.INFO,
+            "task %s",
+            status,
+            extra={"task_id": env.task_id, "tenant": env.tenant, "attempt": env.attempt},
         )
 
     async def _failed(
@@ -360,6 +433,7 @@ class Worker:
         retryable: bool,
         attempt: int,
         max_attempts: int,
+        checkpoint: tuple[str, dict[str, Any]] | None = None,
     ) -> None:
         if retryable and attempt < max_attempts:
             delay = self._topology.retry_delay_ms(attempt)
@@ -374,6 +448,7 @@ class Worker:
                 fields={"error": json.dumps(error, ensure_ascii=False)},
                 data={"attempt": attempt, "next_attempt": attempt + 1, "delay_ms": delay},
                 error=error,
+                checkpoint=checkpoint,
             )
             retry = tasks_pb2.TaskEnvelope()
             retry.CopyFrom(env)
@@ -386,7 +461,7 @@ class Worker:
             log.info("task retrying", extra={"task_id": env.task_id, "attempt": attempt, "delay_ms": delay})
             return
         if not retryable:
-            await self._end(env, "failed", "task.failed", error=error)
+            await self._end(env, "failed", "task.failed", error=error, checkpoint=checkpoint)
             return
         error = {
             **error,
@@ -404,6 +479,7 @@ class Worker:
             "task.failed",
             fields={"error": json.dumps(error, ensure_ascii=False)},
             error=error,
+            checkpoint=checkpoint,
         )
 
     async def _dead_letter(self, env: tasks_pb2.TaskEnvelope, error: dict[str, Any]) -> None:
@@ -448,6 +524,12 @@ class Worker:
                 fields={"error": json.dumps(error, ensure_ascii=False)},
                 error=error,
             )
+
+
+def _first_step(workflow: Workflow, attempt: int) -> tuple[str, Any]:
+    """The step a fresh run starts with, and its step.started data, for the claim to announce."""
+    first = workflow.steps[0]
+    return first.id, step_started_data(first, attempt)
 
 
 def _inputs(env: tasks_pb2.TaskEnvelope) -> dict[str, Any]:

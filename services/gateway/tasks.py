@@ -12,10 +12,9 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -28,6 +27,7 @@ from services.common.taskstore import TERMINAL, TaskEventRecord, TaskRecord, Tas
 from services.gateway.metrics import TASKS_SUBMITTED
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ENVELOPE_TYPE = "workflow.run"
 MAX_WAIT_S = 60.0
@@ -84,6 +84,10 @@ class SubmitRequest:
         deadline = doc.get("deadline_seconds")
         if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):
             raise InvalidInputError("deadline_seconds must be a number", field="deadline_seconds")
+        if deadline is not None and not 0 < deadline <= MAX_DEADLINE_S:  # before float() can overflow
+            raise InvalidInputError(
+                f"deadline_seconds must be in (0, {MAX_DEADLINE_S}]", field="deadline_seconds"
+            )
         template = doc.get("template", "")
         if not isinstance(template, str):
             raise InvalidInputError("template must be a string", field="template")
@@ -151,13 +155,14 @@ class TaskService:
             name=name,
             trace_id=telemetry.current_trace_id(),
         )
-        async with self._redis_call("taskstore.create"):
-            record, created = await self._store.create(
-                record,
-                workflow_json=workflow_json,
-                inputs_json=inputs_json,
-                idempotency_key=request.idempotency_key,
-            )
+        record, created = await self._redis_call(
+            "taskstore.create",
+            self._store.create,
+            record,
+            workflow_json=workflow_json,
+            inputs_json=inputs_json,
+            idempotency_key=request.idempotency_key,
+        )
         if not created:
             _replayed.inc()
             return Submitted(record, False)
@@ -190,14 +195,16 @@ class TaskService:
         return Submitted(record, True)
 
     async def get(self, tenant: str, task_id: str, *, steps: bool = False, wait_s: float = 0.0) -> TaskRecord:
-        """The task; with wait_s, first waits (bounded by MAX_WAIT_S) until it ends."""
-        if wait_s > 0:
-            check_task_id(task_id)
-            await self._wait_until_ended(tenant, task_id, min(wait_s, MAX_WAIT_S))
+        """The task; with wait_s, first waits (bounded by MAX_WAIT_S) until it ends.
+
+        A wait costs two round trips to Redis whatever the task does meanwhile: read the task, then block
+        on its "done" signal with the read of the outcome pipelined behind.
+        """
         record = await self._require(tenant, task_id)
+        if wait_s > 0 and record.status not in TERMINAL:
+            record = await self._wait_until_ended(tenant, task_id, min(wait_s, MAX_WAIT_S), record)
         if steps:
-            async with self._redis_call("taskstore.steps"):
-                record.steps = await self._store.steps(tenant, task_id)
+            record.steps = await self._redis_call("taskstore.steps", self._store.steps, tenant, task_id)
         return record
 
     async def watch(
@@ -215,8 +222,7 @@ class TaskService:
     async def cancel(self, tenant: str, task_id: str) -> TaskRecord:
         """Cancel a queued task at once or ask a running one to stop; returns the task afterwards."""
         check_task_id(task_id)
-        async with self._redis_call("taskstore.cancel"):
-            status = await self._store.request_cancel(tenant, task_id)
+        status = await self._redis_call("taskstore.cancel", self._store.request_cancel, tenant, task_id)
         if not status:
             raise _not_found(task_id)
         return await self._require(tenant, task_id)
@@ -247,16 +253,24 @@ class TaskService:
         """A task RabbitMQ did not take: mark it failed and free its key so a retry starts afresh."""
         error = {"code": "unavailable", "message": f"the task was never queued: {cause}", "retryable": True}
         try:
-            async with self._redis_call("taskstore.abandon"):
-                await self._store.transition(record.tenant, record.id, "failed", "task.failed", error=error)
-                await self._store.forget_idempotency(record.tenant, idempotency_key)
+            await self._redis_call(
+                "taskstore.abandon",
+                self._store.transition,
+                record.tenant,
+                record.id,
+                "failed",
+                "task.failed",
+                error=error,
+            )
+            await self._redis_call(
+                "taskstore.forget_idempotency", self._store.forget_idempotency, record.tenant, idempotency_key
+            )
         except Exception:  # the publish failure is what the caller must hear about, not this one
             _log.warning("could not mark unqueued task %s failed", record.id, exc_info=True)
 
     async def _require(self, tenant: str, task_id: str) -> TaskRecord:
         check_task_id(task_id)
-        async with self._redis_call("taskstore.get"):
-            record = await self._store.get(tenant, task_id)
+        record = await self._redis_call("taskstore.get", self._store.get, tenant, task_id)
         if record is None:
             raise _not_found(task_id)
         return record
@@ -272,35 +286,40 @@ class TaskService:
         except RedisError as exc:
             raise _redis_unavailable(exc) from exc
 
-    @asynccontextmanager
-    async def _redis_call(self, name: str) -> AsyncIterator[None]:
+    async def _redis_call(
+        self, name: str, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+    ) -> T:
         """One call across the gateway.redis hop; Redis failures become UnavailableError (503, retryable)."""
         try:
-            async with self._redis.guard(name):
-                yield
+            return await self._redis.call_as(name, fn, *args, **kwargs)
         except RedisError as exc:
             raise _redis_unavailable(exc) from exc
 
-    async def _wait_until_ended(self, tenant: str, task_id: str, wait_s: float) -> None:
-        """Block on the event stream (no polling) until a terminal event, the wait elapses or a drain.
+    async def _wait_until_ended(
+        self, tenant: str, task_id: str, wait_s: float, record: TaskRecord
+    ) -> TaskRecord:
+        """The task once it has ended, or as it is when the wait elapses or a drain begins.
 
-        The stream is read first without blocking: an ended task returns at once, and an empty stream means
-        there is no such task (every task starts with its ``task.queued`` event), which the caller reports.
+        Blocks on the task's "done" signal (no polling), in slices shorter than the client's socket timeout.
         """
         deadline = time.monotonic() + wait_s
-        after, block = "0-0", None
         while not self._closing.is_set():
-            events = await self._read(tenant, task_id, after, block)
-            if not events and block is None:
-                return
-            for event in events:
-                if is_terminal(event):
-                    return
-                after = event.event_id
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
-            block = min(remaining, _BLOCK_SLICE_S)
+                break
+            block_ms = max(1, int(min(remaining, _BLOCK_SLICE_S) * 1000))
+            try:
+                ended, latest = await self._redis.call_blocking(
+                    "taskstore.wait", self._store.wait_then_get, tenant, task_id, block_ms
+                )
+            except RedisError as exc:
+                raise _redis_unavailable(exc) from exc
+            if latest is None:  # expired or deleted while we waited
+                raise _not_found(task_id)
+            record = latest
+            if ended:
+                break
+        return record
 
     async def _follow(
         self, tenant: str, task_id: str, after: str, ended: bool, heartbeat_s: float
