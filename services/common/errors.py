@@ -60,6 +60,15 @@ class UnauthenticatedError(OpenClawError):
     grpc_status = grpc.StatusCode.UNAUTHENTICATED
 
 
+class InProgressError(OpenClawError):
+    """An earlier request for the same thing is still being handled; retry shortly."""
+
+    code = "in_progress"
+    http_status = 409
+    grpc_status = grpc.StatusCode.ABORTED
+    retryable = True
+
+
 class PermissionDeniedError(OpenClawError):
     """Valid credentials, but not allowed."""
 
@@ -127,6 +136,7 @@ _BY_CODE: dict[str, type[OpenClawError]] = {
         InvalidInputError,
         NotFoundError,
         AlreadyExistsError,
+        InProgressError,
         UnauthenticatedError,
         PermissionDeniedError,
         PayloadTooLargeError,

@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.common.envelope import now_ms
-from services.common.errors import InvalidInputError
+from services.common.errors import InvalidInputError, UnavailableError
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 STATUSES = frozenset({"queued", "running", "retrying", *TERMINAL})
@@ -44,7 +44,8 @@ end
 return {1, cur}
 """
 
-# Cancels a queued task at once (with its "done" entry), flags a running one; ended tasks are left alone.
+# Cancels a queued task at once (with its "done" entry; every key of it expires, as for any ended task),
+# flags a running one; ended tasks are left alone.
 _CANCEL = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return '' end
@@ -54,7 +55,7 @@ if cur == 'queued' or cur == 'retrying' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'error', ARGV[3])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[2])
   redis.call('XADD', KEYS[3], '*', 'status', 'cancelled')
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
   return 'cancelled'
 end
 return cur
@@ -67,6 +68,17 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[1])
 return 1
 """
 
+# The same with an idempotency key, in one step so two submits with one key can never both create a task:
+# returns the id of the task the key already names (while that task exists), else '' after creating this one.
+_CREATE_IDEMPOTENT = """
+local existing = redis.call('GET', KEYS[3])
+if existing and redis.call('EXISTS', ARGV[4] .. existing) == 1 then return existing end
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[1])
+return ''
+"""
+
 # Records a finished step with its event, atomically (one command instead of a MULTI block).
 _CHECKPOINT = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -74,17 +86,29 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[3])
 return 1
 """
 
-# A worker takes a delivered task: one round trip that refuses a missing, ended or cancel-flagged task
-# (or one the worker must end without running: ARGV[4] non-empty), else moves it to running, appends
-# task.started, and step.started of the first step (ARGV[5], event ARGV[6]) unless that step is already
-# checkpointed; returns whether it did, and the checkpointed steps.
+# A worker takes a delivered task: one round trip that refuses a missing or ended task, a task running
+# under another worker's live lease (owner ARGV[7]; Redis' clock, so workers' clocks do not matter), a
+# cancel-flagged task (or one the worker must end without running: ARGV[4] non-empty), else moves it to
+# running under a lease of ARGV[8] ms for ARGV[7] (none if ARGV[7] is empty), appends task.started, and
+# step.started of the first step (ARGV[5], event ARGV[6]) unless that step is already checkpointed;
+# returns whether it did, and the checkpointed steps.
 _CLAIM = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {'missing', ''} end
 if cur == 'succeeded' or cur == 'failed' or cur == 'cancelled' then return {'ended', cur} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if cur == 'running' then
+  local owner = redis.call('HGET', KEYS[1], 'lease_owner')
+  local till = tonumber(redis.call('HGET', KEYS[1], 'lease_until_ms') or '0') or 0
+  if owner and owner ~= '' and owner ~= ARGV[7] and till > now then return {'leased', cur} end
+end
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {'cancel_requested', cur} end
 if ARGV[4] ~= '' then return {'refused', cur} end
 redis.call('HSET', KEYS[1], 'status', 'running', 'updated_ms', ARGV[1], 'attempt', ARGV[3])
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[1], 'lease_owner', ARGV[7], 'lease_until_ms', now + tonumber(ARGV[8]))
+end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[2])
 local announced = ''
 if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[3], ARGV[5]) == 0 then
@@ -95,6 +119,22 @@ local out = {'claimed', cur, announced}
 local steps = redis.call('HGETALL', KEYS[3])
 for i = 1, #steps do out[#out + 1] = steps[i] end
 return out
+"""
+
+# Extends a running task's lease by ARGV[2] ms, only for its owner ARGV[1]; 0 if the lease is not its own.
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'lease_until_ms', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2]))
+return 1
+"""
+
+# Gives up a lease (a run handed back unfinished), only for its owner ARGV[1].
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until_ms')
+return 1
 """
 
 
@@ -195,7 +235,8 @@ class TaskEventRecord:
 @dataclass(frozen=True, slots=True)
 class TaskClaim:
     """What a worker's claim found: ``outcome`` is "claimed" (the task is now running), "missing",
-    "ended", "cancel_requested" or "refused" (nothing changed); ``status`` is the status before the claim."""
+    "ended", "leased" (running under another worker's live lease), "cancel_requested" or "refused"
+    (nothing changed); ``status`` is the status before the claim."""
 
     outcome: str
     status: str
@@ -232,8 +273,11 @@ class TaskStore:
         self._transition = redis.register_script(_TRANSITION)
         self._cancel = redis.register_script(_CANCEL)
         self._claim = redis.register_script(_CLAIM)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
         self._checkpoint = redis.register_script(_CHECKPOINT)
         self._create = redis.register_script(_CREATE)
+        self._create_idempotent = redis.register_script(_CREATE_IDEMPOTENT)
 
     def _key(self, tenant: str, task_id: str) -> str:
         return f"{self._ns}:{check_tenant(tenant)}:task:{check_task_id(task_id)}"
@@ -253,18 +297,10 @@ class TaskStore:
         inputs_json: str = "",
         idempotency_key: str = "",
         idempotency_ttl_s: int = 24 * 3600,
+        deadline_ms: int = 0,
     ) -> tuple[TaskRecord, bool]:
-        """Store a new queued task; with an idempotency key already used, return that task instead."""
+        """Store a new queued task; with an idempotency key already naming a task, return that task instead."""
         task_key, events_key, _ = self._keys(record.tenant, record.id)
-        if idempotency_key:
-            idem = f"{self._ns}:{record.tenant}:idem:{idempotency_key}"
-            claimed = await self._redis.set(idem, record.id, nx=True, ex=idempotency_ttl_s)
-            if not claimed:
-                existing_id = await self._redis.get(idem)
-                existing = await self.get(record.tenant, str(existing_id)) if existing_id else None
-                if existing is not None:
-                    return existing, False
-                await self._redis.set(idem, record.id, ex=idempotency_ttl_s)
         now = now_ms()
         record.created_ms = record.updated_ms = now
         mapping = {
@@ -279,11 +315,37 @@ class TaskStore:
             "workflow": workflow_json,
             "inputs": inputs_json,
             "idempotency_key": idempotency_key,
+            "deadline_ms": str(deadline_ms),
         }
         flat = [item for pair in mapping.items() for item in pair]
         event = _event(record.id, "task.queued", status=record.status)
-        await self._create(keys=[task_key, events_key], args=[event, *flat])
-        return record, True
+        if not idempotency_key:
+            await self._create(keys=[task_key, events_key], args=[event, *flat])
+            return record, True
+        idem = f"{self._ns}:{record.tenant}:idem:{idempotency_key}"
+        prefix = f"{self._ns}:{record.tenant}:task:"
+        existing_id = await self._create_idempotent(
+            keys=[task_key, events_key, idem],
+            args=[event, record.id, str(idempotency_ttl_s), prefix, *flat],
+        )
+        if not existing_id:
+            return record, True
+        existing = await self.get(record.tenant, str(existing_id))
+        if existing is None:  # ended and expired between the script and this read
+            raise UnavailableError("the task this idempotency key names just expired; retry", retry_after=1.0)
+        return existing, False
+
+    async def mark_enqueued(self, tenant: str, task_id: str) -> None:
+        """Record that RabbitMQ confirmed the task's envelope (what an idempotent replay checks)."""
+        await self._redis.hset(self._key(tenant, task_id), "enqueued", "1")  # type: ignore[misc]
+
+    async def envelope_fields(self, tenant: str, task_id: str) -> dict[str, str]:
+        """What re-publishing a task's envelope needs: workflow, inputs, deadline_ms, enqueued."""
+        values = await self._redis.hmget(  # type: ignore[misc]
+            self._key(tenant, task_id), ["workflow", "inputs", "deadline_ms", "enqueued"]
+        )
+        keys = ("workflow", "inputs", "deadline_ms", "enqueued")
+        return {k: str(v) for k, v in zip(keys, values, strict=True) if v is not None}
 
     async def forget_idempotency(self, tenant: str, idempotency_key: str) -> None:
         """Release a key whose submit failed, so the client's retry creates the task afresh."""
@@ -348,6 +410,8 @@ class TaskStore:
         data: Any = None,
         refuse: bool = False,
         first_step: tuple[str, Any] | None = None,
+        owner: str = "",
+        lease_ms: int = 30_000,
     ) -> TaskClaim:
         """Take a delivered task in one round trip: unless it is missing, ended or flagged for cancellation,
         move it to running with ``attempt`` and append task.started (with ``data``); returns its checkpointed
@@ -355,6 +419,10 @@ class TaskStore:
 
         ``first_step`` (step id, event data): also append that step's step.started, unless it is already
         checkpointed (a resumed task starts further on); ``TaskClaim.step_started`` says whether it did.
+
+        ``owner`` (a worker instance's id): the claim takes a lease of ``lease_ms`` for it, and refuses
+        ("leased") a task running under another owner's lease that has not run out, so a redelivered copy
+        never runs beside the first run. The owner keeps the lease with ``renew_lease``.
         """
         task_key, events_key, steps_key = self._keys(tenant, task_id)
         event = _event(task_id, "task.started", status="running", data=data)
@@ -364,13 +432,32 @@ class TaskStore:
             step_event = _event(task_id, "step.started", step_id=step_id, data=first_step[1])
         reply = await self._claim(
             keys=[task_key, events_key, steps_key],
-            args=[str(now_ms()), event, str(attempt), "1" if refuse else "", step_id, step_event],
+            args=[
+                str(now_ms()),
+                event,
+                str(attempt),
+                "1" if refuse else "",
+                step_id,
+                step_event,
+                owner,
+                str(lease_ms),
+            ],
         )
         outcome, status = str(reply[0]), str(reply[1])
         if outcome != "claimed":
             return TaskClaim(outcome, status)
         steps = {str(reply[i]): json.loads(reply[i + 1]) for i in range(3, len(reply) - 1, 2)}
         return TaskClaim(outcome, status, steps, step_started=str(reply[2]))
+
+    async def renew_lease(self, tenant: str, task_id: str, owner: str, lease_ms: int) -> bool:
+        """Extend a running task's lease by ``lease_ms`` from now; False if it is not ``owner``'s any more."""
+        renewed = await self._renew(keys=[self._key(tenant, task_id)], args=[owner, str(lease_ms)])
+        return bool(int(renewed))
+
+    async def release_lease(self, tenant: str, task_id: str, owner: str) -> bool:
+        """Give up ``owner``'s lease (a run handed back unfinished), so another worker may claim at once."""
+        released = await self._release(keys=[self._key(tenant, task_id)], args=[owner])
+        return bool(int(released))
 
     async def append_event(
         self, tenant: str, task_id: str, event_type: str, *, step_id: str = "", data: Any = None
@@ -401,11 +488,11 @@ class TaskStore:
 
     async def request_cancel(self, tenant: str, task_id: str) -> str:
         """Cancel a queued task now or flag a running one; returns the status after the call ("" if none)."""
-        task_key, events_key, _ = self._keys(tenant, task_id)
+        task_key, events_key, steps_key = self._keys(tenant, task_id)
         error = {"code": "cancelled", "message": "cancelled by request", "retryable": False}
         event = _event(task_id, "task.cancelled", status="cancelled", error=error)
         result = await self._cancel(
-            keys=[task_key, events_key, f"{task_key}:done"],
+            keys=[task_key, events_key, f"{task_key}:done", steps_key],
             args=[str(now_ms()), event, json.dumps(error), str(self._ttl)],
         )
         return str(result)

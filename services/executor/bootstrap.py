@@ -110,6 +110,7 @@ class ExecutorApp:
             prefetch=s.prefetch,
             max_attempts=s.max_attempts,
             drain_seconds=s.drain_seconds,
+            lease_seconds=s.lease_seconds,
             redis_hop=Hop("executor.redis"),
         )
         await self.worker.start()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-OUTCOMES = ("succeeded", "failed", "cancelled", "retried", "dead_lettered")
+OUTCOMES = ("succeeded", "failed", "cancelled", "retried", "dead_lettered", "deferred")
 
 TASKS = Counter(
     "openclaw_executor_tasks_total",
-    "Task deliveries handled, by outcome (succeeded|failed|cancelled|retried|dead_lettered).",
+    "Task deliveries handled, by outcome (succeeded|failed|cancelled|retried|dead_lettered|deferred).",
     ["outcome"],
 )
 TASK_DURATION = Histogram(

@@ -59,6 +59,9 @@ class ExecutorSettings(CommonSettings):
         default=(1000, 5000, 30000), validation_alias=_env("retry_delays_ms")
     )
     """Back-off before attempt 2, 3, ... (the last value repeats); one delay queue per value."""
+    lease_seconds: float = Field(default=30.0, ge=0.3, le=3600, validation_alias=_env("lease_seconds"))
+    """How long a claimed task stays this worker's without renewal (renewed every third of it while it
+    runs); a redelivered copy of a task under a live lease is put back for later instead of run again."""
     drain_seconds: float = Field(default=20.0, ge=0, le=25, validation_alias=_env("drain_seconds"))
     """On SIGTERM, how long in-flight tasks may run before they are handed back (below Kubernetes' 30 s)."""
     allow_private_network: bool = Field(default=False, validation_alias=_env("allow_private_network"))

@@ -1,9 +1,13 @@
 """The AMQP side of the executor: consume task envelopes, run them with the engine, settle each delivery once.
 
 Every delivery ends in exactly one ``_settle`` call: ack once the outcome is stored in Redis (and any
-retry or dead-letter copy is confirmed by RabbitMQ), or requeue when the worker is stopping or the
-outcome could not be stored. Poison messages are copied to the dead queue with the reason and acked;
-the quorum queue's delivery limit bounds anything that keeps crashing a worker.
+retry or dead-letter copy is confirmed by RabbitMQ). A delivery that cannot be run now (Redis or RabbitMQ
+unavailable, the worker stopping, the task running elsewhere under a live lease) is put back: a copy goes
+to a delay queue and the delivery is acked, so it does not count toward the quorum queue's delivery limit;
+only if that copy cannot be published is the delivery requeued. Poison messages (undecodable, or any
+unexpected error) are copied to the dead queue with the reason and acked, and their task fails with it. A
+delivery redelivered nearly up to the delivery limit (a crash loop) is not run again: its task fails
+with that reason and it is dead-lettered, instead of silently by RabbitMQ.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import functools
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -28,12 +34,20 @@ from aio_pika.abc import (
 )
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from openclaw.v1 import tasks_pb2
 from services.common import envelope, telemetry
 from services.common.envelope import ERROR_HEADER, TENANT_HEADER, now_ms
-from services.common.errors import InvalidInputError, NotFoundError, OpenClawError, UnavailableError
+from services.common.errors import (
+    BreakerOpenError,
+    InvalidInputError,
+    NotFoundError,
+    OpenClawError,
+    UnavailableError,
+)
 from services.common.hop import Hop
 from services.common.publisher import TaskPublisher
 from services.common.taskstore import TaskStore, check_task_id, check_tenant
@@ -49,6 +63,33 @@ _tracer = trace.get_tracer("openclaw.executor")
 T = TypeVar("T")
 TASK_TYPE = "workflow.run"
 _OUTCOMES = {outcome: metrics.TASKS.labels(outcome) for outcome in metrics.OUTCOMES}
+# Redis or RabbitMQ out of reach: the delivery is put back for later, the task's attempt is not spent.
+_INFRA_ERRORS: tuple[type[BaseException], ...] = (
+    UnavailableError,
+    BreakerOpenError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    aio_pika.exceptions.AMQPConnectionError,
+    aio_pika.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelClosed,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    TimeoutError,
+)
+# Headers the broker adds to a delivery; a put-back copy is a new message and starts without them.
+_BROKER_HEADERS = frozenset(
+    {
+        "x-delivery-count",
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+    }
+)
 
 
 class Disposition(enum.Enum):
@@ -175,6 +216,7 @@ class Worker:
         max_attempts: int,
         drain_seconds: float,
         redis_hop: Hop | None = None,
+        lease_seconds: float = 30.0,
     ) -> None:
         self._connection = connection
         self._topology = topology
@@ -190,6 +232,10 @@ class Worker:
         self._tag: ConsumerTag | None = None
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # This worker instance's id in task leases, and the tasks it is running now.
+        self._owner = uuid.uuid4().hex
+        self._lease_ms = max(1, int(lease_seconds * 1000))
+        self._running: set[tuple[str, str]] = set()
         # Clients submit the same workflows over and over: parse each exact text once. A Workflow is never
         # changed by a run (expressions resolve into copies), so runs can share it.
         self._parse_json = functools.lru_cache(maxsize=256)(self._parse_uncached)
@@ -234,7 +280,7 @@ class Worker:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         if self._draining:
-            await _settle(message, Disposition.REQUEUE)
+            await _settle(message, await self._put_back(message, "the worker is stopping"))
             return
         task = asyncio.create_task(self._handle(message))
         self._tasks.add(task)
@@ -244,18 +290,60 @@ class Worker:
         metrics.IN_FLIGHT.inc()
         disposition = Disposition.REQUEUE
         try:
-            disposition = await self._process(message)
+            try:
+                disposition = await self._process(message)
+            except asyncio.CancelledError:
+                log.info("task handed back", extra={"message_id": message.message_id})
+                disposition = await self._put_back(message, "the worker is stopping")
+            except _INFRA_ERRORS as exc:
+                # Not the task's fault: try again later without spending an attempt, and without a requeue
+                # (each one counts toward the delivery limit, after which RabbitMQ drops the message).
+                log.warning(
+                    "infrastructure unavailable; putting the delivery back",
+                    extra={"message_id": message.message_id, "error": f"{type(exc).__name__}: {exc}"},
+                )
+                disposition = await self._put_back(message, f"{type(exc).__name__}: {exc}")
+            except Exception as exc:
+                log.exception("unexpected error; dead-lettering", extra={"message_id": message.message_id})
+                disposition = await self._unexpected(message, exc)
         except asyncio.CancelledError:
             log.info("task handed back", extra={"message_id": message.message_id})
-        except Exception:
-            # Typically Redis or RabbitMQ unavailable while storing the outcome: requeue after a pause
-            # (the quorum queue's delivery limit dead-letters a message that keeps failing).
-            log.exception("could not handle delivery; requeueing", extra={"message_id": message.message_id})
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(1.0)
         finally:
             metrics.IN_FLIGHT.dec()
+        if disposition is Disposition.REQUEUE:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(1.0)  # a pause, or a delivery that cannot be handled spins
         await _settle(message, disposition)
+
+    async def _put_back(self, message: AbstractIncomingMessage, reason: str) -> Disposition:
+        """Copy the delivery to the shortest delay queue and ack it, so it comes back later without counting
+        toward the delivery limit; requeue it if the copy cannot be published or acked."""
+        if self._channel is None or self._channel.is_closed:
+            return Disposition.REQUEUE
+        headers = {k: v for k, v in (message.headers or {}).items() if k not in _BROKER_HEADERS}
+        queue = self._topology.retry_queue(min(self._topology.retry_delays_ms))
+        try:
+            await self._publisher.publish_to_queue(queue, _copy(message, headers))
+        except Exception:
+            log.warning("could not put the delivery back; requeueing", exc_info=True)
+            return Disposition.REQUEUE
+        metrics.TASKS.labels("deferred").inc()
+        log.info("delivery put back", extra={"message_id": message.message_id, "reason": reason})
+        return Disposition.ACK
+
+    async def _unexpected(self, message: AbstractIncomingMessage, exc: Exception) -> Disposition:
+        """A bug or a malformed delivery: no retry can help. Dead-letter it and fail its task with the reason."""
+        error = {
+            "code": "internal",
+            "message": f"unexpected {type(exc).__name__} while handling the task: {exc}"[:1000],
+            "retryable": False,
+        }
+        try:
+            await self._poison(message, error)
+        except Exception:
+            log.exception("could not dead-letter the delivery; requeueing")
+            return Disposition.REQUEUE
+        return Disposition.ACK
 
     async def _process(self, message: AbstractIncomingMessage) -> Disposition:
         headers = dict(message.headers or {})
@@ -283,7 +371,9 @@ class Worker:
                 check_task_id(env.task_id)
             except InvalidInputError as exc:
                 span.set_status(Status(StatusCode.ERROR, exc.message))
-                await self._poison(message, exc)
+                await self._poison(
+                    message, {"code": "poison_message", "message": exc.message, "retryable": False}
+                )
                 return Disposition.ACK
             span.set_attributes(
                 {
@@ -293,7 +383,29 @@ class Worker:
                     "openclaw.message.redelivered": bool(message.redelivered),
                 }
             )
+            deliveries = _delivery_count(headers)
+            if deliveries and deliveries >= self._topology.delivery_limit - 1:
+                # RabbitMQ would drop the next redelivery without a word: end the crash loop here, visibly.
+                span.set_status(Status(StatusCode.ERROR, "delivery limit reached"))
+                await self._abandoned(env, deliveries)
+                return Disposition.ACK
             return await self._run(env, span)
+
+    async def _abandoned(self, env: tasks_pb2.TaskEnvelope, deliveries: int) -> None:
+        """Fail a task whose delivery kept being lost by workers, and dead-letter it with that reason."""
+        record = await self._redis(self._store.get, env.tenant, env.task_id)
+        if record is not None and record.status in ("succeeded", "failed", "cancelled"):
+            log.info("skipping ended task", extra={"task_id": env.task_id, "status": record.status})
+            return
+        error = {
+            "code": "abandoned",
+            "message": f"crashed or was abandoned by workers {deliveries} times",
+            "retryable": False,
+            "deliveries": deliveries,
+        }
+        await self._dead_letter(env, error)
+        if record is not None:
+            await self._end(env, "failed", "task.failed", error=error)
 
     async def _run(self, env: tasks_pb2.TaskEnvelope, span: trace.Span) -> Disposition:
         tenant, task_id = env.tenant, env.task_id
@@ -318,6 +430,9 @@ class Worker:
             except (InvalidInputError, NotFoundError) as exc:
                 refusal = exc.to_dict()
 
+        if (tenant, task_id) in self._running:  # a redelivery while this worker still runs the task
+            await self._later(env)
+            return Disposition.ACK
         claim = await self._redis(
             self._store.claim,
             tenant,
@@ -326,7 +441,12 @@ class Worker:
             data={"attempt": attempt, "max_attempts": max_attempts},
             refuse=refusal is not None,
             first_step=None if workflow is None else _first_step(workflow, attempt),
+            owner=self._owner,
+            lease_ms=self._lease_ms,
         )
+        if claim.outcome == "leased":  # another worker runs it: look again once that run may have ended
+            await self._later(env)
+            return Disposition.ACK
         if claim.outcome == "missing":
             await self._dead_letter(env, {"code": "not_found", "message": "no task record for this envelope"})
             return Disposition.ACK
@@ -344,6 +464,57 @@ class Worker:
             await self._end(env, "failed", "task.failed", error=refusal)
             return Disposition.ACK
 
+        self._running.add((tenant, task_id))
+        lease = asyncio.create_task(self._keep_lease(tenant, task_id))
+        try:
+            await self._execute(env, span, workflow, inputs, claim.steps, claim.step_started, max_attempts)
+        except BaseException:
+            # Handed back or failed unfinished: let the next delivery be claimed at once, not after the lease.
+            lease.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(1.0):
+                    await self._redis(self._store.release_lease, tenant, task_id, self._owner)
+            raise
+        finally:
+            lease.cancel()
+            self._running.discard((tenant, task_id))
+        return Disposition.ACK
+
+    async def _keep_lease(self, tenant: str, task_id: str) -> None:
+        """Renew the task's lease every third of its length until cancelled (or the lease is not ours)."""
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            try:
+                if not await self._redis(
+                    self._store.renew_lease, tenant, task_id, self._owner, self._lease_ms
+                ):
+                    log.warning("task lease lost", extra={"task_id": task_id, "tenant": tenant})
+                    return
+            except Exception as exc:  # Redis away for a moment: try again at the next tick
+                log.warning("could not renew a task lease", extra={"task_id": task_id, "error": str(exc)})
+
+    async def _later(self, env: tasks_pb2.TaskEnvelope) -> None:
+        """Put the envelope, unchanged, on the shortest delay queue (the task runs elsewhere for now)."""
+        queue = self._topology.retry_queue(min(self._topology.retry_delays_ms))
+        await self._publisher.publish_to_queue(queue, envelope.to_message(env))
+        metrics.TASKS.labels("deferred").inc()
+        log.info(
+            "task runs elsewhere; delivery put back", extra={"task_id": env.task_id, "tenant": env.tenant}
+        )
+
+    async def _execute(
+        self,
+        env: tasks_pb2.TaskEnvelope,
+        span: trace.Span,
+        workflow: Workflow,
+        inputs: dict[str, Any],
+        claimed_steps: dict[str, dict[str, Any]],
+        announced_step_id: str,
+        max_attempts: int,
+    ) -> None:
+        """Run a claimed task and store its outcome."""
+        tenant, task_id = env.tenant, env.task_id
+        attempt = max(env.attempt, 1)
         started = time.perf_counter()
         state = RunState(workflow=workflow, task_id=task_id, tenant=tenant, attempt=attempt, inputs=inputs)
         journal = TaskJournal(
@@ -351,8 +522,8 @@ class Worker:
             tenant,
             task_id,
             attempt,
-            claimed_steps=claim.steps,
-            announced_step_id=claim.step_started,
+            claimed_steps=claimed_steps,
+            announced_step_id=announced_step_id,
             last_step_id=workflow.steps[-1].id,
         )
         try:
@@ -368,7 +539,9 @@ class Worker:
             await self._failed(
                 env, exc.record(), exc.retryable, attempt, max_attempts, journal.take_final_checkpoint()
             )
-        except OpenClawError as exc:  # the journal could not reach Redis, for instance
+        except UnavailableError:
+            raise  # Redis out of reach for the journal: not the task's fault, the delivery is put back
+        except OpenClawError as exc:  # an operation's output that cannot be stored, for instance
             span.set_status(Status(StatusCode.ERROR, exc.message))
             await self._failed(
                 env, exc.to_dict(), exc.retryable, attempt, max_attempts, journal.take_final_checkpoint()
@@ -379,7 +552,6 @@ class Worker:
             )
         finally:
             metrics.TASK_DURATION.observe(time.perf_counter() - started)
-        return Disposition.ACK
 
     def _workflow(self, env: tasks_pb2.TaskEnvelope) -> Workflow:
         if env.workflow_json:
@@ -404,6 +576,8 @@ class Worker:
         fields: dict[str, str] = {}
         if result is not None or status == "succeeded":
             fields["result"] = json.dumps(result, ensure_ascii=False)
+        if status == "succeeded":
+            fields["error"] = ""  # an earlier attempt's error is not this outcome's
         if error is not None:
             fields["error"] = json.dumps(error, ensure_ascii=False)
         await self._redis(
@@ -488,27 +662,24 @@ class Worker:
         metrics.TASKS.labels("dead_lettered").inc()
         log.warning("task dead-lettered", extra={"task_id": env.task_id, "error": error.get("message")})
 
-    async def _poison(self, message: AbstractIncomingMessage, exc: InvalidInputError) -> None:
-        """Copy an undecodable delivery to the dead queue with the reason; fail its task if it names one."""
-        error = {"code": "poison_message", "message": exc.message, "retryable": False}
+    async def _poison(self, message: AbstractIncomingMessage, error: dict[str, Any]) -> None:
+        """Copy a delivery that no retry can help to the dead queue with the reason; fail its task if it
+        names one."""
         headers: dict[str, Any] = dict(message.headers or {})
         headers[ERROR_HEADER] = json.dumps(error, ensure_ascii=False)
-        copy = aio_pika.Message(
-            body=message.body,
-            headers=headers,
-            content_type=message.content_type,
-            message_id=message.message_id,
-            type=message.type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
-        await self._publisher.publish_to_queue(self._topology.dead_queue, copy)
+        await self._publisher.publish_to_queue(self._topology.dead_queue, _copy(message, headers))
         metrics.TASKS.labels("dead_lettered").inc()
         log.warning(
-            "poison message dead-lettered", extra={"message_id": message.message_id, "reason": exc.message}
+            "poison message dead-lettered",
+            extra={"message_id": message.message_id, "reason": error["message"]},
         )
-        tenant = headers.get(TENANT_HEADER)
-        tenant = tenant.decode() if isinstance(tenant, bytes) else tenant
+        tenant: Any = headers.get(TENANT_HEADER)
         task_id = message.message_id
+        with contextlib.suppress(Exception):  # the body names the task better than headers, if it decodes
+            env = envelope.from_message(message)
+            tenant, task_id = env.tenant, env.task_id
+        if isinstance(tenant, bytes):
+            tenant = tenant.decode("utf-8", "replace")
         if isinstance(tenant, str) and task_id:
             try:
                 check_tenant(tenant)
@@ -524,6 +695,29 @@ class Worker:
                 fields={"error": json.dumps(error, ensure_ascii=False)},
                 error=error,
             )
+
+
+def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """A persistent copy of a delivery with these headers."""
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type,
+        message_id=message.message_id,
+        type=message.type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+def _delivery_count(headers: dict[str, Any]) -> int:
+    """How many times a quorum queue delivered this message before (its x-delivery-count header)."""
+    value = headers.get("x-delivery-count")
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else 0
+    except (TypeError, ValueError):
+        return 0
 
 
 def _first_step(workflow: Workflow, attempt: int) -> tuple[str, Any]:

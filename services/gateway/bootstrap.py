@@ -144,6 +144,7 @@ class GatewayApp:
             self._publisher,
             self._catalogue,
             max_attempts=settings.task_max_attempts,
+            publish_timeout_s=settings.publish_timeout_seconds,
         )
         self._asgi = create_app(
             [

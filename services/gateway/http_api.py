@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import (
+    InProgressError,
     InvalidInputError,
     OpenClawError,
     PayloadTooLargeError,
@@ -53,10 +54,10 @@ def error_response(err: OpenClawError) -> JSONResponse:
 
 
 def error_headers(err: OpenClawError) -> dict[str, str]:
-    """WWW-Authenticate on 401, Retry-After on 503, Connection: close when the body was not read."""
+    """WWW-Authenticate on 401, Retry-After on retryable refusals, Connection: close when the body was not read."""
     if isinstance(err, AuthError):
         return {"WWW-Authenticate": err.www_authenticate()}
-    if isinstance(err, UnavailableError):
+    if isinstance(err, UnavailableError | InProgressError):
         retry_after = err.details.get("retry_after", 1)
         return {"Retry-After": str(max(1, math.ceil(float(retry_after))))}
     if isinstance(err, PayloadTooLargeError):

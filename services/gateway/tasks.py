@@ -21,7 +21,13 @@ from redis.exceptions import RedisError
 from openclaw.v1 import tasks_pb2
 from services.common import telemetry
 from services.common.envelope import now_ms
-from services.common.errors import InvalidInputError, NotFoundError, OpenClawError, UnavailableError
+from services.common.errors import (
+    InProgressError,
+    InvalidInputError,
+    NotFoundError,
+    OpenClawError,
+    UnavailableError,
+)
 from services.common.hop import Hop
 from services.common.taskstore import TERMINAL, TaskEventRecord, TaskRecord, TaskStore, check_task_id
 from services.gateway.metrics import TASKS_SUBMITTED
@@ -37,6 +43,14 @@ MAX_DEADLINE_S = 7 * 24 * 3600
 _BLOCK_SLICE_S = 4.0
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 _EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+_U64_MAX = 2**64 - 1
+
+
+def _valid_event_id(value: str) -> bool:
+    """A Redis stream id: one or two unsigned 64-bit parts (Redis refuses anything larger)."""
+    return bool(_EVENT_ID.match(value)) and all(int(part) <= _U64_MAX for part in value.split("-"))
+
+
 _TERMINAL_EVENTS = frozenset({"task.succeeded", "task.failed", "task.cancelled"})
 
 _accepted = TASKS_SUBMITTED.labels("accepted")
@@ -125,11 +139,13 @@ class TaskService:
         max_attempts: int = 3,
         redis_hop: Hop | None = None,
         publish_hop: Hop | None = None,
+        publish_timeout_s: float = 5.0,
     ) -> None:
         self._store = store
         self._publisher = publisher
         self._catalogue = catalogue
         self._max_attempts = max_attempts
+        self._publish_timeout_s = publish_timeout_s
         self._redis = redis_hop or Hop("gateway.redis")
         self._publish = publish_hop or Hop("gateway.amqp_publish")
         self._closing = asyncio.Event()
@@ -162,10 +178,11 @@ class TaskService:
             workflow_json=workflow_json,
             inputs_json=inputs_json,
             idempotency_key=request.idempotency_key,
+            deadline_ms=deadline_ms,
         )
         if not created:
             _replayed.inc()
-            return Submitted(record, False)
+            return Submitted(await self._replay(record, request.template), False)
         env = tasks_pb2.TaskEnvelope(
             task_id=record.id,
             tenant=tenant,
@@ -191,8 +208,61 @@ class TaskService:
             raise UnavailableError(
                 "the task queue did not accept the task; retry later", retry_after=retry_after
             ) from exc
+        if request.idempotency_key:
+            # Only keyed submits can be replayed, so only they pay for the marker a replay checks. Without
+            # it a replay re-publishes, which is harmless: the task is queued either way.
+            try:
+                await self._redis_call(
+                    "taskstore.mark_enqueued", self._store.mark_enqueued, tenant, record.id
+                )
+            except OpenClawError:
+                _log.warning("could not mark task %s enqueued", record.id, exc_info=True)
         _accepted.inc()
         return Submitted(record, True)
+
+    async def _replay(self, record: TaskRecord, template: str) -> TaskRecord:
+        """The task an idempotency key already names, making sure it really was queued.
+
+        The first submit may have died between storing the task and RabbitMQ's confirm: then nothing was
+        published, and the replay publishes it. Publishing twice is harmless (a worker skips an ended task
+        and refuses one another worker holds), so the only case refused is a first submit still in flight.
+        """
+        if record.status != "queued":
+            return record
+        fields = await self._redis_call(
+            "taskstore.envelope_fields", self._store.envelope_fields, record.tenant, record.id
+        )
+        if fields.get("enqueued") == "1":
+            return record
+        if now_ms() - record.created_ms < (self._publish_timeout_s + 1.0) * 1000:
+            raise InProgressError(
+                "a submit with this Idempotency-Key is still being queued; retry shortly", retry_after=1.0
+            )
+        env = tasks_pb2.TaskEnvelope(
+            task_id=record.id,
+            tenant=record.tenant,
+            type=ENVELOPE_TYPE,
+            attempt=1,
+            max_attempts=self._max_attempts,
+            deadline_unix_ms=int(fields.get("deadline_ms") or 0),
+            created_unix_ms=record.created_ms,
+            workflow_json=fields.get("workflow", ""),
+            template=template,
+            inputs_json=fields.get("inputs", ""),
+        )
+        try:
+            async with self._publish.guard("amqp.publish", **{"messaging.system": "rabbitmq"}):
+                await self._publisher.publish(env)
+        except Exception as exc:
+            _unavailable.inc()
+            raise UnavailableError(
+                "the task queue did not accept the task; retry later", retry_after=1.0
+            ) from exc
+        await self._redis_call("taskstore.mark_enqueued", self._store.mark_enqueued, record.tenant, record.id)
+        _log.info(
+            "re-published a task whose first submit never reached the queue", extra={"task_id": record.id}
+        )
+        return record
 
     async def get(self, tenant: str, task_id: str, *, steps: bool = False, wait_s: float = 0.0) -> TaskRecord:
         """The task; with wait_s, first waits (bounded by MAX_WAIT_S) until it ends.
@@ -214,7 +284,7 @@ class TaskService:
 
         Raises NotFoundError now (before any event) if the tenant has no such task.
         """
-        if after and not _EVENT_ID.match(after):
+        if after and not _valid_event_id(after):
             raise InvalidInputError(f"invalid event id {after!r}", field="after_event_id")
         record = await self._require(tenant, task_id)
         return self._follow(tenant, task_id, after or "0-0", record.status in TERMINAL, heartbeat_s)

@@ -567,3 +567,301 @@ async def test_stopping_lets_short_work_finish(harness: Harness, llm: tuple[Simu
     await app.stop()
     record = await harness.store.get(TENANT, task_id)
     assert record is not None and record.status == "succeeded"
+
+
+# -- one run at a time, infrastructure outages, crash loops -------------------------------------------------
+
+
+class SlowServer:
+    """A loopback HTTP server whose answers wait until the test lets them go; counts the requests."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.release = asyncio.Event()
+        self.url = ""
+        self._runner: aiohttp.web.AppRunner | None = None
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            self.hits += 1
+            await self.release.wait()
+            return web.json_response({"hit": self.hits})
+
+        app = web.Application()
+        app.router.add_get("/", handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/"
+
+    async def stop(self) -> None:
+        self.release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def slow_server() -> AsyncIterator[SlowServer]:
+    server = SlowServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_a_duplicate_delivery_never_runs_beside_the_first_run(
+    harness: Harness, slow_server: SlowServer
+) -> None:
+    # Worker A holds one delivery at a time, so the duplicate goes to worker B while A runs the step.
+    await harness.start(prefetch=1)
+    before = outcome_count("deferred")
+    workflow = {"steps": [{"id": "call", "type": "http_request", "params": {"url": slow_server.url}}]}
+    task_id = await harness.submit(workflow)
+    await eventually(lambda: asyncio.sleep(0, slow_server.hits == 1), 10, "the first run's request")
+
+    # What a connection blip or the broker's consumer timeout does: the same envelope delivered again.
+    await harness.publisher.publish(harness.envelope(task_id, json.dumps(workflow)))
+    await harness.start()
+    await eventually(lambda: asyncio.sleep(0, outcome_count("deferred") >= before + 2), 10, "B to defer it")
+    assert slow_server.hits == 1
+
+    slow_server.release.set()
+    record = await harness.wait(task_id)
+    assert record.status == "succeeded", record.error
+    assert record.result["body"] == {"hit": 1}
+
+    # The deferred copy comes back, finds the task ended, and is dropped: still one run, one outcome.
+    async def drained() -> bool:
+        channel = await harness.amqp.channel()
+        depths = []
+        for name in (
+            harness.topology.task_queue,
+            *map(harness.topology.retry_queue, harness.topology.retry_delays_ms),
+        ):
+            queue = await channel.declare_queue(name, passive=True)
+            depths.append(queue.declaration_result.message_count or 0)
+        await channel.close()
+        return not any(depths)
+
+    await eventually(drained, 10, "the deferred copy to be consumed")
+    await asyncio.sleep(0.5)
+    assert slow_server.hits == 1
+    events = [t for t, _ in await harness.events(task_id)]
+    assert events.count("task.started") == 1 and events.count("task.succeeded") == 1
+    assert await harness.dead_queue_depth() == 0
+
+
+async def test_a_redelivery_to_the_worker_already_running_the_task_is_deferred(
+    harness: Harness, slow_server: SlowServer
+) -> None:
+    await harness.start()
+    workflow = {"steps": [{"id": "call", "type": "http_request", "params": {"url": slow_server.url}}]}
+    task_id = await harness.submit(workflow)
+    await eventually(lambda: asyncio.sleep(0, slow_server.hits == 1), 10, "the first run's request")
+    before = outcome_count("deferred")
+    await harness.publisher.publish(harness.envelope(task_id, json.dumps(workflow)))
+    await eventually(lambda: asyncio.sleep(0, outcome_count("deferred") >= before + 1), 10, "the deferral")
+    slow_server.release.set()
+    record = await harness.wait(task_id)
+    assert record.status == "succeeded" and slow_server.hits == 1
+
+
+async def test_the_lease_is_renewed_while_a_long_step_runs(
+    harness: Harness, slow_server: SlowServer, redis: Redis, namespace: str
+) -> None:
+    await harness.start(lease_seconds=0.6)
+    workflow = {"steps": [{"id": "call", "type": "http_request", "params": {"url": slow_server.url}}]}
+    task_id = await harness.submit(workflow)
+    await eventually(lambda: asyncio.sleep(0, slow_server.hits == 1), 10, "the first run's request")
+    key = f"{namespace}:{TENANT}:task:{task_id}"
+    first = int(await redis.hget(key, "lease_until_ms"))  # type: ignore[misc]
+    await asyncio.sleep(1.5)  # well past the first lease: only renewals keep it
+    assert int(await redis.hget(key, "lease_until_ms")) > first + 1000  # type: ignore[misc]
+    assert (await harness.store.claim(TENANT, task_id, attempt=1, owner="someone-else")).outcome == "leased"
+    slow_server.release.set()
+    assert (await harness.wait(task_id)).status == "succeeded"
+
+
+async def test_redis_out_of_reach_puts_deliveries_back_instead_of_burning_the_delivery_limit(
+    harness: Harness, rabbitmq_url: str, tmp_path: Path
+) -> None:
+    import socket
+
+    from services.common.redis_client import open_redis
+
+    with socket.socket() as sock:  # a port nobody listens on: Redis "down" for this executor
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    down = open_redis(f"redis://127.0.0.1:{closed_port}/0")
+    settings = ExecutorSettings(
+        namespace=harness.topology.namespace,
+        amqp_url=rabbitmq_url,
+        redis_url=f"redis://127.0.0.1:{closed_port}/0",
+        metrics_port=0,
+        storage_root=harness.storage,
+        drain_seconds=1.0,
+    )
+    outage = build(settings, topology=harness.topology, redis=down)
+    before = outcome_count("deferred")
+    workflow = {"steps": [{"type": "json_transform", "params": {"expression": "a", "input": {"a": 3}}}]}
+    task_ids = [await harness.submit(workflow) for _ in range(2)]
+    await outage.start()
+    try:
+        # Each task went round well past the delivery limit (5) and was never dead-lettered.
+        limit = harness.topology.delivery_limit
+        await eventually(
+            lambda: asyncio.sleep(0, outcome_count("deferred") >= before + 2 * (limit + 1)), 20, "put-backs"
+        )
+        assert await harness.dead_queue_depth() == 0
+        for task_id in task_ids:
+            record = await harness.store.get(TENANT, task_id)
+            assert record is not None and record.status == "queued" and record.attempt == 0
+    finally:
+        await outage.stop()
+        await down.aclose()
+
+    await harness.start()  # Redis back
+    for task_id in task_ids:
+        record = await harness.wait(task_id)
+        assert record.status == "succeeded" and record.result == 3 and record.attempt == 1
+    assert await harness.dead_queue_depth() == 0
+
+
+async def test_a_delivery_near_the_delivery_limit_is_failed_and_dead_lettered_with_the_reason(
+    harness: Harness,
+) -> None:
+    workflow = {"steps": [{"type": "file_write", "params": {"path": "crash.txt", "content": "x"}}]}
+    task_id = await harness.submit(workflow)
+    # A worker crash loop, as the broker sees it: the delivery is returned unacknowledged, again and again.
+    channel = await harness.amqp.channel()
+    queue = await channel.declare_queue(harness.topology.task_queue, passive=True)
+    for _ in range(harness.topology.delivery_limit - 1):
+        message = await eventually(lambda: queue.get(fail=False), 5, "the delivery")
+        await message.nack(requeue=True)
+    await channel.close()
+
+    await harness.start()
+    record = await harness.wait(task_id)
+    assert record.status == "failed"
+    assert record.error is not None and record.error["code"] == "abandoned"
+    assert record.error["message"] == "crashed or was abandoned by workers 4 times"
+    assert ("task.started", "") not in await harness.events(task_id)
+    assert not (harness.storage / TENANT / "crash.txt").exists()
+    (dead,) = await harness.dead_letters(1)
+    assert tasks_pb2.TaskEnvelope.FromString(dead.body).task_id == task_id
+    assert json.loads(str(dead.headers[ERROR_HEADER]))["message"] == record.error["message"]
+
+
+async def test_a_redelivered_task_below_the_limit_runs(harness: Harness) -> None:
+    workflow = {"steps": [{"type": "json_transform", "params": {"expression": "a", "input": {"a": 1}}}]}
+    task_id = await harness.submit(workflow)
+    channel = await harness.amqp.channel()
+    queue = await channel.declare_queue(harness.topology.task_queue, passive=True)
+    message = await eventually(lambda: queue.get(fail=False), 5, "the delivery")
+    await message.nack(requeue=True)
+    await channel.close()
+    await harness.start()
+    assert (await harness.wait(task_id)).status == "succeeded"
+
+
+async def test_an_unexpected_error_fails_the_task_and_dead_letters_the_delivery(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = await harness.start()
+    assert app.worker is not None
+
+    async def bug(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(app.worker, "_run", bug)
+    task_id = await harness.submit(
+        {"steps": [{"type": "json_transform", "params": {"expression": "@", "input": 1}}]}
+    )
+    record = await harness.wait(task_id)
+    assert record.status == "failed"
+    assert record.error is not None and record.error["code"] == "internal"
+    assert "ZeroDivisionError" in record.error["message"]
+    (dead,) = await harness.dead_letters(1)
+    assert dead.message_id == task_id
+    assert "ZeroDivisionError" in json.loads(str(dead.headers[ERROR_HEADER]))["message"]
+
+
+async def test_a_delivery_with_odd_headers_is_processed_normally(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime
+    import decimal
+
+    import pamqp.encode
+    from pamqp import common as pamqp_common
+
+    from services.common import envelope
+
+    await harness.start()
+    workflow = {"steps": [{"type": "json_transform", "params": {"expression": "a", "input": {"a": 5}}}]}
+    task_id = await harness.submit(workflow, publish=False)
+    message = envelope.to_message(
+        harness.envelope(task_id, json.dumps(workflow)),
+        {
+            "x-not-utf8": "NOT-UTF8",
+            "traceparent": "NOT-UTF8",
+            "tracestate": 12,
+            "baggage": ["a", 1, None],
+            "x-table": {"nested": {"deeper": True}},
+            "x-decimal": decimal.Decimal("1.5"),
+            "x-time": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+            "x-bytes": bytearray(b"\x00\xff"),
+            "x-none": None,
+        },
+    )
+    encode = pamqp.encode.long_string
+
+    def not_utf8(value: str) -> bytes:  # what a non-Python producer can send: a longstr that is not UTF-8
+        if value == "NOT-UTF8":
+            raw = b"\xff\xfe\xc3"
+            return bytes(pamqp_common.Struct.integer.pack(len(raw)) + raw)
+        return bytes(encode(value))
+
+    monkeypatch.setattr(pamqp.encode, "long_string", not_utf8)
+    channel = await harness.amqp.channel()
+    await channel.default_exchange.publish(message, harness.topology.task_queue)
+    await channel.close()
+    monkeypatch.setattr(pamqp.encode, "long_string", encode)
+
+    record = await harness.wait(task_id)
+    assert record.status == "succeeded", record.error
+    assert record.result == 5
+    assert await harness.dead_queue_depth() == 0
+
+
+async def test_a_task_that_succeeds_after_a_retry_keeps_no_error(harness: Harness) -> None:
+    from aiohttp import web
+
+    calls = 0
+
+    async def flaky(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        return web.json_response({"ok": calls}, status=503 if calls == 1 else 200)
+
+    app = web.Application()
+    app.router.add_get("/", flaky)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        await harness.start()
+        task_id = await harness.submit(
+            {"steps": [{"type": "http_request", "params": {"url": f"http://127.0.0.1:{port}/"}}]}
+        )
+        record = await harness.wait(task_id)
+    finally:
+        await runner.cleanup()
+    assert record.status == "succeeded" and record.attempt == 2
+    assert record.error is None
+    assert "task.retrying" in [t for t, _ in await harness.events(task_id)]

@@ -90,6 +90,21 @@ async def test_deadline_beyond_float_range_is_400(http: aiohttp.ClientSession) -
     assert answer["error"]["details"]["field"] == "deadline_seconds"
 
 
+async def test_event_id_beyond_redis_range_is_400_and_leaves_the_store_breaker_closed(
+    http: aiohttp.ClientSession,
+) -> None:
+    body = json.dumps({"workflow": base.WORKFLOW}).encode()
+    status, answer = await _post_task(http, body)
+    assert status == 202, answer
+    events = f"/v1/tasks/{answer['id']}/events"
+    for _ in range(8):  # more than the breaker's failure threshold
+        headers = {**base._auth(), "Last-Event-ID": "99999999999999999999-0"}
+        async with http.get(events, headers=headers) as resp:
+            assert resp.status == 400, await resp.text()
+    async with http.get(f"/v1/tasks/{answer['id']}", headers=base._auth()) as resp:
+        assert resp.status == 200
+
+
 # --- task submission over gRPC ---------------------------------------------------------------------------
 
 

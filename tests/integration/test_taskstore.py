@@ -266,3 +266,71 @@ async def test_wait_then_get_after_a_timeout_returns_the_task_as_it_is(store: Ta
     assert ended is False
     assert record is not None and record.status == "running"
     assert await store.wait_then_get("tenant-b", task_id, 10) == (False, None)
+
+
+# -- leases: a task runs on one worker at a time ----------------------------------------------------------
+
+
+async def test_claim_refuses_a_task_running_under_another_workers_live_lease(store: TaskStore) -> None:
+    task_id = await _queued(store)
+    assert (await store.claim(TENANT, task_id, attempt=1, owner="worker-a", lease_ms=30_000)).claimed
+    other = await store.claim(TENANT, task_id, attempt=2, owner="worker-b", lease_ms=30_000)
+    assert (other.outcome, other.status, other.claimed) == ("leased", "running", False)
+    record = await store.get(TENANT, task_id)
+    assert record is not None and record.status == "running" and record.attempt == 1
+    assert (await _event_types(store, task_id)).count("task.started") == 1
+    # The owner itself may take it again (its own redelivery after the run ended unfinished).
+    assert (await store.claim(TENANT, task_id, attempt=1, owner="worker-a", lease_ms=30_000)).claimed
+
+
+async def test_a_lease_that_ran_out_can_be_taken_over(store: TaskStore) -> None:
+    task_id = await _queued(store)
+    assert (await store.claim(TENANT, task_id, attempt=1, owner="worker-a", lease_ms=100)).claimed
+    await asyncio.sleep(0.2)
+    assert (await store.claim(TENANT, task_id, attempt=1, owner="worker-b", lease_ms=30_000)).claimed
+    assert await store.renew_lease(TENANT, task_id, "worker-a", 30_000) is False
+    assert await store.renew_lease(TENANT, task_id, "worker-b", 30_000) is True
+
+
+async def test_renewing_keeps_the_lease(store: TaskStore) -> None:
+    task_id = await _queued(store)
+    assert (await store.claim(TENANT, task_id, attempt=1, owner="worker-a", lease_ms=300)).claimed
+    for _ in range(3):
+        await asyncio.sleep(0.15)
+        assert await store.renew_lease(TENANT, task_id, "worker-a", 300) is True
+    assert (await store.claim(TENANT, task_id, attempt=1, owner="worker-b")).outcome == "leased"
+
+
+async def test_a_released_lease_lets_another_worker_claim_at_once(store: TaskStore) -> None:
+    task_id = await _queued(store)
+    assert (await store.claim(TENANT, task_id, attempt=1, owner="worker-a", lease_ms=30_000)).claimed
+    assert await store.release_lease(TENANT, task_id, "worker-b") is False
+    assert (await store.claim(TENANT, task_id, attempt=1, owner="worker-b")).outcome == "leased"
+    assert await store.release_lease(TENANT, task_id, "worker-a") is True
+    assert (await store.claim(TENANT, task_id, attempt=1, owner="worker-b")).claimed
+
+
+async def test_an_ended_task_keeps_no_renewable_lease(store: TaskStore) -> None:
+    task_id = await _queued(store)
+    assert (await store.claim(TENANT, task_id, attempt=1, owner="worker-a", lease_ms=30_000)).claimed
+    await store.transition(TENANT, task_id, "succeeded", "task.succeeded", fields={"result": "1"})
+    assert await store.renew_lease(TENANT, task_id, "worker-a", 30_000) is False
+    assert (await store.claim(TENANT, task_id, attempt=1, owner="worker-b")).outcome == "ended"
+
+
+async def test_a_retrying_task_is_not_held_by_the_lease_of_its_last_run(store: TaskStore) -> None:
+    task_id = await _queued(store)
+    assert (await store.claim(TENANT, task_id, attempt=1, owner="worker-a", lease_ms=30_000)).claimed
+    await store.transition(TENANT, task_id, "retrying", "task.retrying")
+    assert (await store.claim(TENANT, task_id, attempt=2, owner="worker-b")).claimed
+
+
+async def test_cancelling_a_queued_task_expires_it_like_any_ended_task(
+    store: TaskStore, redis: Redis, namespace: str
+) -> None:
+    task_id = await _queued(store)
+    await store.checkpoint(TENANT, task_id, "one", {"status": "succeeded", "output": 1})
+    assert await store.request_cancel(TENANT, task_id) == "cancelled"
+    base = f"{namespace}:{TENANT}:task:{task_id}"
+    for key in (base, f"{base}:events", f"{base}:steps", f"{base}:done"):
+        assert 0 < await redis.ttl(key) <= 600, key
