@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -199,18 +199,22 @@ class Router:
             raise ProviderError("misconfigured", 0, f"no adapter for provider {spec.provider!r}")
         return adapter
 
+    def _chain(self, model: str) -> Iterator[ModelSpec]:
+        """The model, then its fallbacks; each step to a fallback is counted."""
+        previous = ""
+        for spec in self.registry.snapshot.chain(model):
+            if previous:
+                metrics.fallback(previous, spec.name)
+            previous = spec.name
+            yield spec
+
     # -- chat --------------------------------------------------------------------------------------
 
     async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> tuple[ChatResult, Route]:
         """One completion from the first model in the chain that can serve it."""
-        chain = self.registry.snapshot.chain(request.model)
         route = Route()
         rejected: ProviderError | None = None
-        previous = ""
-        for spec in chain:
-            if previous:
-                metrics.fallback(previous, spec.name)
-            previous = spec.name
+        for spec in self._chain(request.model):
             rt = self._runtime(spec)
             if not await self._admit(spec, rt, route, deadline):
                 continue
@@ -259,14 +263,9 @@ class Router:
     ) -> AsyncGenerator[ChatDelta, None]:
         """Deltas from the first model that starts answering; the first and last carry the route."""
         received = time.perf_counter()
-        chain = self.registry.snapshot.chain(request.model)
         route = Route()
         rejected: ProviderError | None = None
-        previous = ""
-        for spec in chain:
-            if previous:
-                metrics.fallback(previous, spec.name)
-            previous = spec.name
+        for spec in self._chain(request.model):
             rt = self._runtime(spec)
             if not await self._admit(spec, rt, route, deadline):
                 continue

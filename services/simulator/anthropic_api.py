@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import json
 from json.encoder import encode_basestring
 from typing import Any
 
 from aiohttp import web
 
-from services.simulator.behaviour import Behaviour, BehaviourTable, Fault, Stats, play
-from services.simulator.openai_api import MAX_INT32, SSE_HEADERS, break_off, read_json
+from services.simulator._http import (
+    MAX_INT32,
+    ModelRoutes,
+    encode,
+    int_in,
+    json_response,
+    number_in,
+    read_json,
+)
+from services.simulator.behaviour import Fault
 from services.simulator.reply import Reply, compose, prompt_tokens
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -33,9 +37,7 @@ def error_response(status: int, message: str, *, headers: dict[str, str] | None 
     """An error in Anthropic's shape: ``{"type": "error", "error": {"type", "message"}}``."""
     kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     body = {"type": "error", "error": {"type": kind, "message": message}}
-    return web.Response(
-        status=status, body=_encode(body).encode(), content_type="application/json", headers=headers
-    )
+    return json_response(body, status=status, headers=headers)
 
 
 def fault_response(fault: Fault, model: str) -> web.Response:
@@ -67,17 +69,10 @@ def _check(body: dict[str, Any]) -> str | None:
         problem = _check_content(message.get("content"), f"messages.{index}.content")
         if problem is not None:
             return problem
-    max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 0 < max_tokens <= MAX_INT32
-    ):
+    if not int_in(body, "max_tokens", MAX_INT32):
         return f"max_tokens: must be an integer from 1 to {MAX_INT32}"
     for name in ("temperature", "top_p"):
-        value = body.get(name)
-        # Compared as is: float() would overflow on a huge integer.
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1
-        ):
+        if not number_in(body, name, 1):
             return f"{name}: must be a number from 0 to 1"
     stop = body.get("stop_sequences")
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
@@ -119,13 +114,8 @@ def _forced_tool(body: dict[str, Any]) -> str | None:
     return None
 
 
-class AnthropicRoutes:
+class AnthropicRoutes(ModelRoutes):
     """Handlers for the Anthropic-compatible routes, bound to the behaviour table and the stats."""
-
-    def __init__(self, behaviours: BehaviourTable, stats: Stats) -> None:
-        self._behaviours = behaviours
-        self._stats = stats
-        self._ids = itertools.count(1)
 
     def routes(self) -> list[web.RouteDef]:
         """Messages and token counting."""
@@ -138,19 +128,15 @@ class AnthropicRoutes:
         """``POST /v1/messages``: a labelled reply, a forced tool use, or an injected fault."""
         body = await read_json(request)
         if isinstance(body, str):
-            self._stats.record("-", "bad_request")
+            self._bad_request(body)
             return error_response(400, body)
         problem = _check(body)
         if problem is not None:
-            model = body.get("model")
-            self._stats.record(model if isinstance(model, str) and model else "-", "bad_request")
+            self._bad_request(body)
             return error_response(400, problem)
         model = body["model"]
-        behaviour, fault = self._behaviours.decide(model)
-        if behaviour.latency_ms:
-            await asyncio.sleep(behaviour.latency_ms / 1000)
+        behaviour, fault = await self._decide(model)
         if fault is not None:
-            self._stats.record(model, fault.kind)
             return fault_response(fault, model)
 
         messages: list[Any] = body["messages"]
@@ -182,22 +168,7 @@ class AnthropicRoutes:
             "usage": usage,
         }
         self._stats.record(model, "ok")
-        return web.Response(body=_encode(result).encode(), content_type="application/json")
-
-    async def _stream(
-        self, request: web.Request, model: str, events: list[bytes], behaviour: Behaviour
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(headers=SSE_HEADERS)
-        await response.prepare(request)
-        try:
-            complete = await play(response, events, behaviour)
-        except ConnectionResetError:
-            self._stats.record(model, "client_gone")
-            return response
-        if not complete:
-            break_off(request)
-        self._stats.record(model, "ok" if complete else "stream_broken")
-        return response
+        return json_response(result)
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         """``POST /v1/messages/count_tokens``: the simulated input token count."""
@@ -208,7 +179,7 @@ class AnthropicRoutes:
         if problem is not None:
             return error_response(400, problem)
         tokens = {"input_tokens": prompt_tokens(body["messages"], body.get("system"))}
-        return web.Response(body=_encode(tokens).encode(), content_type="application/json")
+        return json_response(tokens)
 
 
 _TEXT_DELTA_OPENING = (
@@ -218,7 +189,7 @@ _TEXT_DELTA_OPENING = (
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + _encode(data).encode() + b"\n\n"
+    return b"event: " + name.encode() + b"\ndata: " + encode(data).encode() + b"\n\n"
 
 
 def _stream_events(

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import itertools
-import json
 import struct
 import time
 from collections.abc import Callable
@@ -14,19 +11,24 @@ from typing import Any
 
 from aiohttp import web
 
-from services.simulator.behaviour import Behaviour, BehaviourTable, Fault, Stats, play
-from services.simulator.jsonbody import parse_json
+from services.simulator._http import (
+    MAX_INT32,
+    ModelRoutes,
+    encode,
+    int_in,
+    json_response,
+    number_in,
+    read_json,
+)
+from services.simulator.behaviour import Behaviour, BehaviourTable, Fault, Stats
 from services.simulator.reply import Reply, compose, count_tokens, embedding, prompt_tokens
 
 SYSTEM_FINGERPRINT = "openclaw-simulator"
 OWNER = "openclaw-simulator"
 DEFAULT_DIMENSIONS = 16
 MAX_DIMENSIONS = 8192
-MAX_INT32 = 2**31 - 1
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _DONE = b"data: [DONE]\n\n"
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -49,9 +51,7 @@ def error_response(
     """An error in OpenAI's shape: ``{"error": {"message", "type", "code", "param"}}``."""
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     body = {"error": {"message": message, "type": kind, "code": code, "param": param}}
-    return web.Response(
-        status=status, body=_encode(body).encode(), content_type="application/json", headers=headers
-    )
+    return json_response(body, status=status, headers=headers)
 
 
 def fault_response(fault: Fault, model: str) -> web.Response:
@@ -68,39 +68,6 @@ def fault_response(fault: Fault, model: str) -> web.Response:
             headers={"Retry-After": str(fault.retry_after_s)},
         )
     return error_response(fault.status, f"[simulated] injected failure for model {model!r}", code="simulated")
-
-
-def break_off(request: web.Request) -> None:
-    """Close the socket mid-body: the chunked stream stays unterminated and the client sees an error."""
-    if request.transport is not None:
-        request.transport.close()
-
-
-async def read_json(request: web.Request) -> dict[str, Any] | str:
-    """The request body as a JSON object, or a sentence saying what is wrong with it."""
-    try:
-        body = parse_json(await request.read())
-    except ValueError as exc:
-        return str(exc)
-    if not isinstance(body, dict):
-        return f"request body must be a JSON object, got {type(body).__name__}"
-    return body
-
-
-def _positive_int(body: dict[str, Any], name: str) -> bool:
-    """Absent, or an integer from 1 to MAX_INT32."""
-    value = body.get(name)
-    return value is None or (
-        isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_INT32
-    )
-
-
-def _number_in(body: dict[str, Any], name: str, high: float) -> bool:
-    """Absent, or a number from 0 to high (compared as is: float() would overflow on a huge integer)."""
-    value = body.get(name)
-    return value is None or (
-        isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= high
-    )
 
 
 def _check_message(message: Any, param: str) -> tuple[str, str] | None:
@@ -138,10 +105,10 @@ def _check_chat(body: dict[str, Any]) -> tuple[str, str] | None:
     if not isinstance(body.get("stream_options", {}), dict | None):
         return "stream_options", "'stream_options' must be an object"
     for name in ("max_tokens", "max_completion_tokens", "n"):
-        if not _positive_int(body, name):
+        if not int_in(body, name, MAX_INT32):
             return name, f"'{name}' must be an integer from 1 to {MAX_INT32}"
     for name, high in (("temperature", 2.0), ("top_p", 1.0)):
-        if not _number_in(body, name, high):
+        if not number_in(body, name, high):
             return name, f"'{name}' must be a number from 0 to {high:g}"
     stop = body.get("stop")
     if not (
@@ -174,14 +141,12 @@ def _forced_tool(body: dict[str, Any]) -> str | None:
     return None
 
 
-class OpenAIRoutes:
+class OpenAIRoutes(ModelRoutes):
     """Handlers for the OpenAI-compatible routes, bound to the behaviour table and the stats."""
 
     def __init__(self, behaviours: BehaviourTable, stats: Stats, models: Callable[[], list[str]]) -> None:
-        self._behaviours = behaviours
-        self._stats = stats
+        super().__init__(behaviours, stats)
         self._models = models
-        self._ids = itertools.count(1)
 
     def routes(self) -> list[web.RouteDef]:
         """Chat (with its aliases), embeddings and models."""
@@ -196,22 +161,10 @@ class OpenAIRoutes:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/chat/completions``: a labelled reply, a forced tool call, or an injected fault."""
-        body = await read_json(request)
-        if isinstance(body, str):
-            self._stats.record("-", "bad_request")
-            return error_response(400, body, code="invalid_json")
-        problem = _check_chat(body)
-        if problem is not None:
-            model = body.get("model")
-            self._stats.record(model if isinstance(model, str) and model else "-", "bad_request")
-            return error_response(400, problem[1], param=problem[0], code="invalid_request")
-        model = body["model"]
-        behaviour, fault = self._behaviours.decide(model)
-        if behaviour.latency_ms:
-            await asyncio.sleep(behaviour.latency_ms / 1000)
-        if fault is not None:
-            self._stats.record(model, fault.kind)
-            return fault_response(fault, model)
+        admitted = await self._admit(request, _check_chat)
+        if isinstance(admitted, web.Response):
+            return admitted
+        body, model, behaviour = admitted
 
         messages: list[Any] = body["messages"]
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -224,7 +177,7 @@ class OpenAIRoutes:
             "completion_tokens": usage_out,
             "total_tokens": usage_in + usage_out,
         }
-        head = {
+        head: dict[str, Any] = {
             "id": f"chatcmpl-sim-{next(self._ids)}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -248,41 +201,32 @@ class OpenAIRoutes:
             "usage": usage,
         }
         self._stats.record(model, "ok")
-        return web.Response(body=_encode(completion).encode(), content_type="application/json")
+        return json_response(completion)
 
-    async def _stream(
-        self, request: web.Request, model: str, chunks: list[bytes], behaviour: Behaviour
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(headers=SSE_HEADERS)
-        await response.prepare(request)
-        try:
-            complete = await play(response, chunks, behaviour)
-        except ConnectionResetError:
-            self._stats.record(model, "client_gone")
-            return response
-        if not complete:
-            break_off(request)
-        self._stats.record(model, "ok" if complete else "stream_broken")
-        return response
+    async def _admit(
+        self, request: web.Request, check: Callable[[dict[str, Any]], tuple[str, str] | None]
+    ) -> tuple[dict[str, Any], str, Behaviour] | web.Response:
+        """(the valid body, its model, the model's behaviour), or the error answer."""
+        body = await read_json(request)
+        if isinstance(body, str):
+            self._bad_request(body)
+            return error_response(400, body, code="invalid_json")
+        problem = check(body)
+        if problem is not None:
+            self._bad_request(body)
+            return error_response(400, problem[1], param=problem[0], code="invalid_request")
+        model = body["model"]
+        behaviour, fault = await self._decide(model)
+        if fault is not None:
+            return fault_response(fault, model)
+        return body, model, behaviour
 
     async def embeddings(self, request: web.Request) -> web.Response:
         """``POST /v1/embeddings``: unit vectors derived from a hash of each input."""
-        body = await read_json(request)
-        if isinstance(body, str):
-            self._stats.record("-", "bad_request")
-            return error_response(400, body, code="invalid_json")
-        problem = _check_embeddings(body)
-        if problem is not None:
-            model = body.get("model")
-            self._stats.record(model if isinstance(model, str) and model else "-", "bad_request")
-            return error_response(400, problem[1], param=problem[0], code="invalid_request")
-        model = body["model"]
-        behaviour, fault = self._behaviours.decide(model)
-        if behaviour.latency_ms:
-            await asyncio.sleep(behaviour.latency_ms / 1000)
-        if fault is not None:
-            self._stats.record(model, fault.kind)
-            return fault_response(fault, model)
+        admitted = await self._admit(request, _check_embeddings)
+        if isinstance(admitted, web.Response):
+            return admitted
+        body, model, _ = admitted
 
         raw_input = body["input"]
         inputs = [raw_input] if isinstance(raw_input, str) else raw_input
@@ -306,7 +250,7 @@ class OpenAIRoutes:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         self._stats.record(model, "ok")
-        return web.Response(body=_encode(result).encode(), content_type="application/json")
+        return json_response(result)
 
     async def list_models(self, request: web.Request) -> web.Response:
         """``GET /v1/models`` in a shape both the OpenAI and the Anthropic SDKs accept."""
@@ -318,12 +262,12 @@ class OpenAIRoutes:
             "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None,
         }
-        return web.Response(body=_encode(listing).encode(), content_type="application/json")
+        return json_response(listing)
 
     async def get_model(self, request: web.Request) -> web.Response:
         """``GET /v1/models/{model}``: every model name is served, so every name exists."""
         entry = _model_entry(request.match_info["model"])
-        return web.Response(body=_encode(entry).encode(), content_type="application/json")
+        return json_response(entry)
 
 
 def _check_embeddings(body: dict[str, Any]) -> tuple[str, str] | None:
@@ -345,12 +289,7 @@ def _check_embeddings(body: dict[str, Any]) -> tuple[str, str] | None:
     )
     if not valid:
         return "input", "'input' must be a string, an array of strings or an array of token arrays"
-    dimensions = body.get("dimensions")
-    if dimensions is not None and (
-        not isinstance(dimensions, int)
-        or isinstance(dimensions, bool)
-        or not 0 < dimensions <= MAX_DIMENSIONS
-    ):
+    if not int_in(body, "dimensions", MAX_DIMENSIONS):
         return "dimensions", f"'dimensions' must be an integer between 1 and {MAX_DIMENSIONS}"
     if body.get("encoding_format", "float") not in ("float", "base64", None):
         return "encoding_format", "'encoding_format' must be 'float' or 'base64'"
@@ -374,13 +313,13 @@ def _stream_chunks(
         base["usage"] = None
 
     # Every chunk shares its head; only the delta is encoded per chunk (this is the benchmark path).
-    opening = b"data: " + _encode(base)[:-1].encode() + b',"choices":[{"index":0,"delta":'
+    opening = b"data: " + encode(base)[:-1].encode() + b',"choices":[{"index":0,"delta":'
     piece_opening = opening + b'{"content":'
     piece_closing = b'},"logprobs":null,"finish_reason":null}]}\n\n'
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        closing = b',"logprobs":null,"finish_reason":' + _encode(finish).encode() + b"}]}\n\n"
-        return opening + _encode(delta).encode() + closing
+        closing = b',"logprobs":null,"finish_reason":' + encode(finish).encode() + b"}]}\n\n"
+        return opening + encode(delta).encode() + closing
 
     if tool is not None:
         call = _tool_call(head["id"], tool)
@@ -395,7 +334,7 @@ def _stream_chunks(
         lines.extend(piece_opening + encode_basestring(p).encode() + piece_closing for p in reply.pieces)
         lines.append(chunk({}, "length" if reply.truncated else "stop"))
     if usage is not None:
-        lines.append(b"data: " + _encode({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
+        lines.append(b"data: " + encode({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
     lines.append(_DONE)
     return lines
 

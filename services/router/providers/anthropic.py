@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any
 
 from services.router.chat import ChatDelta, ChatRequest, ChatResult, Message, ToolCall, Usage
-from services.router.providers.base import ErrorKind, HttpPool, ProviderError, as_dict, post_json, sse_stream
+from services.router.providers.base import ErrorKind, HttpAdapter, ProviderError, as_dict
 from services.router.registry import ModelSpec
 
 API_VERSION = "2023-06-01"
@@ -238,40 +236,13 @@ class StreamParser:
         )
 
 
-class AnthropicAdapter:
+class AnthropicAdapter(HttpAdapter):
     """Speaks ``POST {endpoint}/v1/messages``, plain and SSE."""
 
     name = "anthropic"
 
-    def __init__(self, pool: HttpPool) -> None:
-        self._pool = pool
-
-    async def chat(self, spec: ModelSpec, request: ChatRequest) -> ChatResult:
-        """One completion."""
-        data = await post_json(
-            self._pool.session,
-            messages_url(spec.endpoint),
-            request_body(spec, request, stream=False),
-            headers(spec),
-            spec.timeout_seconds,
-        )
-        return parse_message(data)
-
-    async def stream(self, spec: ModelSpec, request: ChatRequest) -> AsyncGenerator[ChatDelta, None]:
-        """Text deltas as they arrive; tool calls, finish reason and usage on the last delta."""
-        events = sse_stream(
-            self._pool.session,
-            messages_url(spec.endpoint),
-            request_body(spec, request, stream=True),
-            headers(spec),
-            spec.timeout_seconds,
-        )
-        parser = StreamParser()
-        async with aclosing(events):
-            async for payload in events:
-                delta = parser.feed(payload)
-                if delta is not None:
-                    yield delta
-                if parser.done:
-                    break
-        yield parser.end()
+    url = staticmethod(messages_url)
+    body = staticmethod(request_body)
+    headers = staticmethod(headers)
+    parse = staticmethod(parse_message)
+    parser = StreamParser

@@ -5,7 +5,8 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import aiohttp
@@ -160,6 +161,20 @@ class ProviderAdapter(Protocol):
         ...
 
 
+class StreamParser(Protocol):
+    """Turns the ``data:`` payloads of one stream into ChatDeltas."""
+
+    done: bool
+
+    def feed(self, payload: bytes) -> ChatDelta | None:
+        """One payload; returns a delta when it carries text."""
+        ...
+
+    def end(self) -> ChatDelta:
+        """The last delta (tool calls, finish reason, usage); raises if the stream stopped short."""
+        ...
+
+
 class HttpPool:
     """The process's one aiohttp session: pooled keep-alive connections to every provider."""
 
@@ -248,24 +263,39 @@ async def error_from_response(response: aiohttp.ClientResponse) -> ProviderError
     )
 
 
-async def post_json(
-    session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
-) -> Any:
-    """POST a JSON body and return the decoded JSON answer; every failure is a ProviderError."""
+@asynccontextmanager
+async def _post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    timeout_s: float,
+    *,
+    stream: bool,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """POST a JSON body and hold its successful answer; every failure, reading included, is a ProviderError."""
     try:
         async with session.post(
             url,
             data=encode_json(body).encode(),
             headers=headers,
-            timeout=client_timeout(timeout_s, stream=False),
+            timeout=client_timeout(timeout_s, stream=stream),
         ) as response:
             if response.status >= 400:
                 raise await error_from_response(response)
-            raw = await response.read()
+            yield response
     except ProviderError:
         raise
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise transport_error(exc, timeout_s) from exc
+
+
+async def post_json(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
+) -> Any:
+    """POST a JSON body and return the decoded JSON answer; every failure is a ProviderError."""
+    async with _post(session, url, body, headers, timeout_s, stream=False) as response:
+        raw = await response.read()
     try:
         return json.loads(raw)
     except ValueError:
@@ -279,28 +309,70 @@ async def sse_stream(
 
     Use under ``contextlib.aclosing`` so an abandoned stream releases its connection at once.
     """
-    try:
-        async with session.post(
-            url,
-            data=encode_json(body).encode(),
-            headers=headers,
-            timeout=client_timeout(timeout_s, stream=True),
-        ) as response:
-            if response.status >= 400:
-                raise await error_from_response(response)
-            buffer = b""
-            async for piece in response.content.iter_any():
-                buffer = buffer + piece if buffer else piece
-                start = 0
-                while (end := buffer.find(b"\n", start)) >= 0:
-                    line = buffer[start:end]
-                    start = end + 1
-                    if line.startswith(b"data:"):
-                        yield line[5:].strip()
-                buffer = buffer[start:]
-            if buffer.startswith(b"data:"):
-                yield buffer[5:].strip()
-    except ProviderError:
-        raise
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise transport_error(exc, timeout_s) from exc
+    async with _post(session, url, body, headers, timeout_s, stream=True) as response:
+        buffer = b""
+        async for piece in response.content.iter_any():
+            buffer = buffer + piece if buffer else piece
+            start = 0
+            while (end := buffer.find(b"\n", start)) >= 0:
+                line = buffer[start:end]
+                start = end + 1
+                if line.startswith(b"data:"):
+                    yield line[5:].strip()
+            buffer = buffer[start:]
+        if buffer.startswith(b"data:"):
+            yield buffer[5:].strip()
+
+
+class HttpAdapter:
+    """A JSON-over-HTTP adapter, plain and SSE; a subclass names its URL, body, headers and parsers."""
+
+    name: str
+
+    def __init__(self, pool: HttpPool) -> None:
+        self._pool = pool
+
+    def url(self, endpoint: str) -> str:
+        raise NotImplementedError
+
+    def body(self, spec: ModelSpec, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def headers(self, spec: ModelSpec) -> dict[str, str]:
+        raise NotImplementedError
+
+    def parse(self, data: Any) -> ChatResult:
+        raise NotImplementedError
+
+    def parser(self) -> StreamParser:
+        raise NotImplementedError
+
+    async def chat(self, spec: ModelSpec, request: ChatRequest) -> ChatResult:
+        """One completion."""
+        data = await post_json(
+            self._pool.session,
+            self.url(spec.endpoint),
+            self.body(spec, request, stream=False),
+            self.headers(spec),
+            spec.timeout_seconds,
+        )
+        return self.parse(data)
+
+    async def stream(self, spec: ModelSpec, request: ChatRequest) -> AsyncGenerator[ChatDelta, None]:
+        """Text deltas as they arrive; tool calls, finish reason and usage on the last delta."""
+        events = sse_stream(
+            self._pool.session,
+            self.url(spec.endpoint),
+            self.body(spec, request, stream=True),
+            self.headers(spec),
+            spec.timeout_seconds,
+        )
+        parser = self.parser()
+        async with aclosing(events):
+            async for payload in events:
+                delta = parser.feed(payload)
+                if delta is not None:
+                    yield delta
+                if parser.done:
+                    break
+        yield parser.end()

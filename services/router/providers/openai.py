@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any
 
 from services.router.chat import ChatDelta, ChatRequest, ChatResult, Message, ToolCall, Usage
-from services.router.providers.base import HttpPool, ProviderError, as_dict, post_json, sse_stream
+from services.router.providers.base import HttpAdapter, ProviderError, as_dict
 from services.router.registry import ModelSpec
 
 
@@ -212,40 +210,13 @@ class StreamParser:
         )
 
 
-class OpenAIAdapter:
+class OpenAIAdapter(HttpAdapter):
     """Speaks ``POST {endpoint}/chat/completions``, plain and SSE."""
 
     name = "openai"
 
-    def __init__(self, pool: HttpPool) -> None:
-        self._pool = pool
-
-    async def chat(self, spec: ModelSpec, request: ChatRequest) -> ChatResult:
-        """One completion."""
-        data = await post_json(
-            self._pool.session,
-            completions_url(spec.endpoint),
-            request_body(spec, request, stream=False),
-            headers(spec),
-            spec.timeout_seconds,
-        )
-        return parse_completion(data)
-
-    async def stream(self, spec: ModelSpec, request: ChatRequest) -> AsyncGenerator[ChatDelta, None]:
-        """Text deltas as they arrive; tool calls, finish reason and usage on the last delta."""
-        events = sse_stream(
-            self._pool.session,
-            completions_url(spec.endpoint),
-            request_body(spec, request, stream=True),
-            headers(spec),
-            spec.timeout_seconds,
-        )
-        parser = StreamParser()
-        async with aclosing(events):
-            async for payload in events:
-                delta = parser.feed(payload)
-                if delta is not None:
-                    yield delta
-                if parser.done:
-                    break
-        yield parser.end()
+    url = staticmethod(completions_url)
+    body = staticmethod(request_body)
+    headers = staticmethod(headers)
+    parse = staticmethod(parse_completion)
+    parser = StreamParser
