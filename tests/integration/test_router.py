@@ -1022,3 +1022,26 @@ def test_settings_read_the_documented_environment(monkeypatch: pytest.MonkeyPatc
         with pytest.raises(ValidationError, match=name):
             RouterSettings()  # type: ignore[call-arg]
         monkeypatch.delenv(name)
+
+
+async def test_client_leaving_a_stream_early_leaves_no_context_errors(
+    sim: Simulator, stub: Stub, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim.behaviours.update("gpt-4-mini", {"token_latency_ms": 50})
+    request = router_pb2.ChatRequest(
+        model="gpt-4-mini",
+        messages=[router_pb2.ChatMessage(role="user", content="one two three four five six")],
+    )
+    with caplog.at_level(logging.ERROR, logger="opentelemetry.context"):
+        call = stub.ChatStream(request)
+        first = await call.read()
+        assert isinstance(first, router_pb2.ChatChunk)
+        call.cancel()  # the client walks away mid-stream
+        deadline = time.monotonic() + 5
+        while not any(
+            s.name.startswith("openclaw.v1.RouterService/ChatStream") for s in spans.get_finished_spans()
+        ):
+            assert time.monotonic() < deadline, "the server span never ended"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+    assert not [r for r in caplog.records if "detach" in r.getMessage().lower()], caplog.text
