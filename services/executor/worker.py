@@ -20,8 +20,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -35,7 +34,6 @@ from aio_pika.abc import (
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from openclaw.v1 import tasks_pb2
@@ -54,13 +52,13 @@ from services.common.taskstore import TaskStore, check_task_id, check_tenant
 from services.common.topology import TASK_ROUTING_KEY, Topology
 from services.executor import metrics
 from services.executor.context import RunState
-from services.executor.dsl import Step, Workflow, parse_workflow
+from services.executor.dsl import Workflow, parse_workflow
 from services.executor.engine import Engine, StepFailed, WorkflowCancelled
+from services.executor.journal import RedisCalls, TaskJournal, step_started_data
 from services.executor.templates import load_template
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("openclaw.executor")
-T = TypeVar("T")
 TASK_TYPE = "workflow.run"
 _OUTCOMES = {outcome: metrics.TASKS.labels(outcome) for outcome in metrics.OUTCOMES}
 # Redis or RabbitMQ out of reach: the delivery is put back for later, the task's attempt is not spent.
@@ -95,110 +93,6 @@ _BROKER_HEADERS = frozenset(
 class Disposition(enum.Enum):
     ACK = "ack"
     REQUEUE = "requeue"
-
-
-class RedisCalls:
-    """Task-store calls across the "executor.redis" hop; Redis failures become UnavailableError."""
-
-    def __init__(self, store: TaskStore, hop: Hop) -> None:
-        self.store = store
-        self.hop = hop
-
-    async def __call__(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        try:
-            return await self.hop.call_as(f"taskstore.{fn.__name__}", fn, *args, **kwargs)
-        except RedisError as exc:
-            raise UnavailableError(f"Redis: {exc}") from exc
-
-
-class TaskJournal:
-    """The engine's Journal for one task, backed by the task store.
-
-    Built from a claim, it already knows the checkpointed steps and that no cancellation was asked for
-    when the claim read the record, so the engine's first two questions cost no round trip, nor does the
-    step.started event the claim appended for the first step to run. Given the last step's id, it holds
-    that step's checkpoint back (no step follows it) for the worker to store atomically with the task's
-    outcome: ``take_final_checkpoint()``.
-    """
-
-    def __init__(
-        self,
-        redis: RedisCalls,
-        tenant: str,
-        task_id: str,
-        attempt: int,
-        *,
-        claimed_steps: dict[str, dict[str, Any]] | None = None,
-        announced_step_id: str = "",
-        last_step_id: str = "",
-    ) -> None:
-        self._redis, self._store = redis, redis.store
-        self._tenant, self._task_id, self._attempt = tenant, task_id, attempt
-        self._claimed_steps = claimed_steps
-        self._cancel_known_clear = claimed_steps is not None
-        self._announced_step_id = announced_step_id
-        self._last_step_id = last_step_id
-        self._final: tuple[str, dict[str, Any]] | None = None
-
-    def take_final_checkpoint(self) -> tuple[str, dict[str, Any]] | None:
-        """The last step's held-back checkpoint, if any (then None): store it with the outcome."""
-        final, self._final = self._final, None
-        return final
-
-    async def completed_steps(self) -> dict[str, Any]:
-        states = self._claimed_steps
-        if states is None:
-            states = await self._redis(self._store.steps, self._tenant, self._task_id)
-        return {sid: s.get("output") for sid, s in states.items() if s.get("status") == "succeeded"}
-
-    async def step_started(self, step: Step) -> None:
-        if step.id == self._announced_step_id:  # the claim appended this event
-            self._announced_step_id = ""
-            return
-        await self._redis(
-            self._store.append_event,
-            self._tenant,
-            self._task_id,
-            "step.started",
-            step_id=step.id,
-            data=step_started_data(step, self._attempt),
-        )
-
-    async def step_succeeded(self, step: Step, output: Any, duration_ms: float) -> None:
-        state = {
-            "status": "succeeded",
-            "type": step.type,
-            "output": output,
-            "duration_ms": round(duration_ms, 3),
-            "attempt": self._attempt,
-            "finished_ms": now_ms(),
-        }
-        if step.id == self._last_step_id:
-            self._final = (step.id, state)
-            return
-        await self._redis(self._store.checkpoint, self._tenant, self._task_id, step.id, state)
-
-    async def step_failed(self, step: Step, error: dict[str, Any], duration_ms: float) -> None:
-        state = {
-            "status": "failed",
-            "type": step.type,
-            "error": error,
-            "duration_ms": round(duration_ms, 3),
-            "attempt": self._attempt,
-            "finished_ms": now_ms(),
-        }
-        await self._redis(self._store.checkpoint, self._tenant, self._task_id, step.id, state)
-
-    async def cancel_requested(self) -> bool:
-        if self._cancel_known_clear:  # the claim just read the flag (it refuses a flagged task)
-            self._cancel_known_clear = False
-            return False
-        return await self._redis(self._store.cancel_requested, self._tenant, self._task_id)
-
-
-def step_started_data(step: Step, attempt: int) -> dict[str, Any]:
-    """The data of a step.started event."""
-    return {"type": step.type, "index": step.index, "attempt": attempt}
 
 
 class Worker:
