@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -324,7 +325,7 @@ async def sse_stream(
             yield buffer[5:].strip()
 
 
-class HttpAdapter:
+class HttpAdapter(ABC):
     """A JSON-over-HTTP adapter, plain and SSE; a subclass names its URL, body, headers and parsers."""
 
     name: str
@@ -332,20 +333,25 @@ class HttpAdapter:
     def __init__(self, pool: HttpPool) -> None:
         self._pool = pool
 
+    @abstractmethod
     def url(self, endpoint: str) -> str:
-        raise NotImplementedError
+        """The request URL for a model's endpoint."""
 
+    @abstractmethod
     def body(self, spec: ModelSpec, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
-        raise NotImplementedError
+        """The provider's JSON request body."""
 
+    @abstractmethod
     def headers(self, spec: ModelSpec) -> dict[str, str]:
-        raise NotImplementedError
+        """Auth and version headers."""
 
+    @abstractmethod
     def parse(self, data: Any) -> ChatResult:
-        raise NotImplementedError
+        """A plain answer's JSON, as our result."""
 
+    @abstractmethod
     def parser(self) -> StreamParser:
-        raise NotImplementedError
+        """A fresh parser for one SSE stream."""
 
     async def chat(self, spec: ModelSpec, request: ChatRequest) -> ChatResult:
         """One completion."""
