@@ -7,10 +7,42 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from services.executor.ops import data, files, http, llm
+from services.executor.ops import (
+    archives,
+    data,
+    dates,
+    encoding,
+    files,
+    formats,
+    http,
+    kv,
+    lists,
+    llm,
+    maths,
+    messaging,
+    objects,
+    sql,
+    text,
+)
 from services.executor.ops.base import Catalogue, Operation, Params, operation
 
-_CATEGORIES = (files, http, llm, data)
+_CATEGORIES = (
+    files,
+    archives,
+    objects,
+    http,
+    llm,
+    data,
+    formats,
+    lists,
+    text,
+    encoding,
+    maths,
+    dates,
+    kv,
+    sql,
+    messaging,
+)
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,9 @@
+"""Math and statistics operations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.executor.ops.base import Operation
+
+OPERATIONS: tuple[Operation[Any], ...] = ()
