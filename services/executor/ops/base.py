@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from services.common.errors import PermissionDeniedError
+from services.common.errors import InvalidInputError, PermissionDeniedError
 from services.executor.context import OpContext
 
 P = TypeVar("P", bound=BaseModel)
@@ -50,6 +50,15 @@ def _host(name: str) -> str:
 def _scope(credential: Mapping[str, str], key: str) -> frozenset[str] | None:
     raw = credential.get(key)
     return None if raw is None else frozenset(item.strip() for item in raw.split(","))
+
+
+def input_or_prev(p: BaseModel, field: str, ctx: OpContext) -> Any:
+    """The param if the step set it, else the previous step's output (the pipeline convenience)."""
+    if field in p.model_fields_set:
+        return getattr(p, field)
+    if ctx.has_prev:
+        return ctx.prev_output
+    raise InvalidInputError(f"{field}: required (and there is no previous step output to use)", param=field)
 
 
 class Params(BaseModel):
