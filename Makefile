@@ -13,6 +13,7 @@ install: ## create .venv, install the project with dev tools, generate the gRPC 
 	test -x $(PY) || python3.11 -m venv .venv || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps -e examples/openclaw-plugin-sample
 	$(MAKE) proto
 
 proto: ## generate openclaw/v1/*_pb2*.py from proto/ (never edit the output)
@@ -27,8 +28,8 @@ up: ## run deploy/compose (needs a Docker engine)
 down: ## stop and remove the compose stack
 	$(COMPOSE) down -v
 
-test: ## every tier
-	$(PY) -m pytest tests -q
+test: ## every tier, and the sample plugin's own tests
+	$(PY) -m pytest tests examples/openclaw-plugin-sample/tests -q
 
 test-unit:
 	$(PY) -m pytest tests/unit -q
@@ -42,7 +43,7 @@ test-e2e:
 lint: ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy openclaw services
+	$(PY) -m mypy openclaw services examples/openclaw-plugin-sample/src
 
 format:
 	$(PY) -m ruff check --fix .

@@ -17,3 +17,6 @@ class CommonSettings(BaseSettings):
     otlp_endpoint: str = ""
     log_level: str = Field(default="info", pattern=r"^(?i)(debug|info|warning|error)$")
     service_name: str = ""
+    # Operation plugins to load (entry-point group openclaw.operations), each with the tenants it is enabled for
+    # ("*" for all), as JSON: OPENCLAW_PLUGINS='{"acme": ["tenant-a"]}'. Gateway and executor must agree.
+    plugins: dict[str, list[str]] = Field(default_factory=dict)

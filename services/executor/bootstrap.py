@@ -19,6 +19,7 @@ from services.common.redis_client import open_redis
 from services.common.router_client import RouterClient
 from services.common.taskstore import TaskStore
 from services.common.topology import Topology
+from services.executor import plugins
 from services.executor.context import ChatClient, OpServices
 from services.executor.engine import Engine
 from services.executor.ops import Catalogue, catalogue
@@ -48,7 +49,7 @@ class ExecutorApp:
     ) -> None:
         self.settings = settings
         self.topology = topology or Topology(settings.namespace, retry_delays_ms=settings.retry_delays_ms)
-        self.catalogue = catalogue if catalogue is not None else _default_catalogue()
+        self.catalogue = catalogue if catalogue is not None else _default_catalogue(settings)
         self._router_override = router
         self._redis_override = redis
         self._http_override = http
@@ -162,8 +163,8 @@ class ExecutorApp:
         return resource
 
 
-def _default_catalogue() -> Catalogue:
-    return catalogue()
+def _default_catalogue(settings: ExecutorSettings) -> Catalogue:
+    return catalogue().with_operations(*plugins.load(settings.plugins))
 
 
 def build(settings: ExecutorSettings, **overrides: Any) -> ExecutorApp:
