@@ -1,13 +1,15 @@
-"""The `openclaw` command: run the platform locally, mint development tokens."""
+"""The `openclaw` command: run the platform locally, mint development tokens, list the operations."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from openclaw.launcher import LocalStack, StackConfig, ensure_local_services
 
@@ -85,6 +87,43 @@ Ctrl-C stops everything.""",
     return 0
 
 
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    """List, show or document the operation catalogue (built-ins and the plugins OPENCLAW_PLUGINS enables)."""
+    from services.executor import plugins
+    from services.executor.ops import catalogue, reference
+    from services.executor.settings import ExecutorSettings
+
+    ops = catalogue().with_operations(*plugins.load(ExecutorSettings().plugins))
+    if args.action == "list":
+        listed = [r for r in reference.rows(ops) if args.category in (None, r[1])]
+        if args.json:
+            print(json.dumps([{"name": n, "category": c, "description": d} for n, c, d in listed], indent=2))
+        else:
+            width = max((len(n) for n, _, _ in listed), default=0)
+            for name, category, description in listed:
+                print(f"{name:<{width}}  {category:<10}  {description}")
+            print(f"{len(listed)} operations", file=sys.stderr)
+        return 0
+    if args.action == "show":
+        if args.name not in ops:
+            print(f"error: no operation named {args.name!r} (see `openclaw ops list`)", file=sys.stderr)
+            return 2
+        print(json.dumps(ops[args.name].describe(), indent=2))
+        return 0
+    text = reference.markdown(catalogue())  # the docs describe the built-ins only
+    if args.check:
+        if not args.output.exists() or args.output.read_text() != text:
+            print(f"{args.output} is stale: run `openclaw ops docs`", file=sys.stderr)
+            return 1
+        return 0
+    args.output.write_text(text)
+    print(f"wrote {args.output} ({len(catalogue())} operations)", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `openclaw` command."""
     parser = argparse.ArgumentParser(prog="openclaw", description=__doc__)
@@ -99,6 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the whole platform as local processes")
     run.add_argument("--executors", type=int, default=1)
     run.set_defaults(func=cmd_run)
+    ops = sub.add_parser("ops", help="the operation catalogue: list, show one, write docs/operations.md")
+    ops_sub = ops.add_subparsers(dest="action", required=True)
+    ops_list = ops_sub.add_parser("list", help="every operation with its category and description")
+    ops_list.add_argument("--category")
+    ops_list.add_argument("--json", action="store_true")
+    ops_show = ops_sub.add_parser("show", help="one operation's description and params JSON Schema")
+    ops_show.add_argument("name")
+    ops_docs = ops_sub.add_parser("docs", help="regenerate docs/operations.md from the schemas")
+    ops_docs.add_argument("--output", type=Path, default=DOCS)
+    ops_docs.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
+    ops.set_defaults(func=cmd_ops)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
