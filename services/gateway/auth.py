@@ -1,13 +1,16 @@
-"""Bearer-token authentication: HS256 JWTs naming the tenant, verified strictly; dev tokens minted for the CLI.
+"""Bearer-token authentication: JWTs naming the tenant, verified strictly; dev tokens minted for the CLI.
 
-The tenant always comes from the verified ``tenant`` claim, never from a request body.
+Keys are either one shared secret (HS256/384/512) or a JWKS key set (RS/PS/ES/EdDSA), never both, so a public
+key can never be used as an HMAC secret (the HS/RS confusion attack); the accepted algorithms are an explicit
+allow-list checked against the token's header before any key is chosen. The tenant always comes from the
+verified ``tenant`` claim, never from a request body.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,9 +18,11 @@ import jwt
 
 from services.common.errors import InvalidInputError, UnauthenticatedError
 from services.common.taskstore import check_tenant
+from services.gateway.keys import ASYMMETRIC, JwksKeys, KeyLookupError
 from services.gateway.metrics import AUTH_FAILURES
 
 ALGORITHM = "HS256"
+SYMMETRIC = frozenset({"HS256", "HS384", "HS512"})
 DEFAULT_ISSUER = "openclaw"
 DEFAULT_AUDIENCE = "openclaw-api"
 _REQUIRED_CLAIMS = ["exp", "iss", "aud"]
@@ -29,7 +34,7 @@ _REASONS: tuple[tuple[type[jwt.InvalidTokenError], str, str], ...] = (
     (jwt.ImmatureSignatureError, "not_yet_valid", "the token is not yet valid"),
     (jwt.InvalidAudienceError, "invalid_audience", "the token's audience is not accepted"),
     (jwt.InvalidIssuerError, "invalid_issuer", "the token's issuer is not accepted"),
-    (jwt.InvalidAlgorithmError, "invalid_algorithm", f"the token must be signed with {ALGORITHM}"),
+    (jwt.InvalidAlgorithmError, "invalid_algorithm", "the token's algorithm is not accepted"),
     (jwt.InvalidSignatureError, "invalid_signature", "the token's signature does not verify"),
     (jwt.DecodeError, "malformed", "the token is not a well-formed JWT"),
 )
@@ -60,7 +65,7 @@ class AuthError(UnauthenticatedError):
 
 
 class TokenVerifier:
-    """Verifies bearer tokens: HS256 only, exp required, iss and aud checked, a valid tenant claim.
+    """Verifies bearer tokens: allowed algorithms only, exp required, nbf, iss and aud checked, a valid tenant.
 
     Verified tokens are remembered until they expire (clients reuse one token for many requests, and
     decoding is a sizeable share of a request's CPU); the cache is bounded and holds no refused token.
@@ -68,15 +73,19 @@ class TokenVerifier:
 
     def __init__(
         self,
-        secret: str,
+        secret: str | None = None,
         *,
+        jwks: JwksKeys | None = None,
+        algorithms: Sequence[str] = (ALGORITHM,),
         issuer: str = DEFAULT_ISSUER,
         audience: str = DEFAULT_AUDIENCE,
         leeway_s: float = 30.0,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._secret = secret
+        self._algorithms = _check_algorithms(algorithms, has_secret=bool(secret), has_jwks=jwks is not None)
+        self._secret = secret or ""
+        self._jwks = jwks
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_s
@@ -104,10 +113,28 @@ class TokenVerifier:
 
     def _decode(self, token: str) -> tuple[Principal, float]:
         try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise _auth_error(exc) from exc
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            allowed = ", ".join(sorted(self._algorithms))
+            raise AuthError(
+                "invalid_algorithm", f"the token's algorithm {alg!r} is not accepted (allowed: {allowed})"
+            )
+        key: Any = self._secret
+        if alg in ASYMMETRIC:
+            assert self._jwks is not None  # _check_algorithms guarantees it
+            kid = header.get("kid")
+            try:
+                key = self._jwks.key(kid if isinstance(kid, str) else None, alg)
+            except KeyLookupError as exc:
+                raise AuthError(exc.reason, exc.message) from exc
+        try:
             claims: dict[str, Any] = self._jwt.decode(
                 token,
-                self._secret,
-                algorithms=[ALGORITHM],
+                key,
+                algorithms=[alg],
                 issuer=self._issuer,
                 audience=self._audience,
                 leeway=self._leeway,
@@ -178,6 +205,24 @@ def mint_token(
         "jti": uuid.uuid4().hex,
     }
     return jwt.PyJWT(options=_OPTIONS).encode(claims, secret, algorithm=ALGORITHM)  # type: ignore[arg-type]
+
+
+def _check_algorithms(algorithms: Sequence[str], *, has_secret: bool, has_jwks: bool) -> frozenset[str]:
+    """The allow-list, refusing 'none', unknown names, and shared-secret and public-key algorithms together."""
+    allowed = frozenset(algorithms)
+    unknown = sorted(allowed - SYMMETRIC - ASYMMETRIC)
+    if not allowed or unknown:
+        known = ", ".join(sorted(SYMMETRIC | ASYMMETRIC))
+        raise ValueError(f"jwt_algorithms: {unknown or 'empty'} not allowed; choose from {known}")
+    if allowed & SYMMETRIC and allowed & ASYMMETRIC:
+        raise ValueError(
+            "jwt_algorithms: HS* and public-key algorithms cannot be mixed (algorithm confusion)"
+        )
+    if allowed & SYMMETRIC and not has_secret:
+        raise ValueError("jwt_algorithms: HS* algorithms need a shared secret (OPENCLAW_JWT_SECRET)")
+    if allowed & ASYMMETRIC and not has_jwks:
+        raise ValueError("jwt_algorithms: public-key algorithms need a key set (OPENCLAW_JWKS_URL or _FILE)")
+    return allowed
 
 
 def _auth_error(exc: jwt.InvalidTokenError) -> AuthError:
