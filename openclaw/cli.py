@@ -124,6 +124,40 @@ def cmd_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Verify or export the audit chains in Redis (settings from OPENCLAW_* as the services read them)."""
+    import asyncio
+
+    return asyncio.run(_audit(args))
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    from services.common.audit import AuditLog
+    from services.common.redis_client import open_redis
+    from services.common.settings import CommonSettings
+
+    settings = CommonSettings()
+    redis = open_redis(settings.redis_url)
+    try:
+        log = AuditLog(redis, settings.namespace, settings.audit_key_bytes())
+        if args.action == "export":
+            async for record in log.records(args.tenant):
+                print(json.dumps(record, ensure_ascii=False, sort_keys=True))
+            return 0
+        tenants = [args.tenant] if args.tenant else await log.tenants()
+        failed = 0
+        for tenant in tenants:
+            result = await log.verify(tenant)
+            status = "ok" if result.ok else f"TAMPERED: {result.problem}"
+            print(f"{tenant}: {result.records} records, {status}")
+            failed += not result.ok
+        if not tenants:
+            print("no audit records")
+        return 1 if failed else 0
+    finally:
+        await redis.aclose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `openclaw` command."""
     parser = argparse.ArgumentParser(prog="openclaw", description=__doc__)
@@ -149,6 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ops_docs.add_argument("--output", type=Path, default=DOCS)
     ops_docs.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
     ops.set_defaults(func=cmd_ops)
+    audit = sub.add_parser("audit", help="verify the audit chains, or export one tenant's as JSON lines")
+    audit_sub = audit.add_subparsers(dest="action", required=True)
+    verify = audit_sub.add_parser("verify", help="exit 1 if any record was deleted, reordered or altered")
+    verify.add_argument("--tenant", help="one tenant (default: every tenant with records)")
+    export = audit_sub.add_parser("export", help="one tenant's records, oldest first, as JSON lines")
+    export.add_argument("--tenant", required=True)
+    audit.set_defaults(func=cmd_audit)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Public on purpose: only for development. Without OPENCLAW_AUDIT_KEY anyone with Redis access could forge records.
+DEV_AUDIT_KEY = "openclaw-development-audit-key-not-for-production"
 
 
 class CommonSettings(BaseSettings):
@@ -20,3 +23,9 @@ class CommonSettings(BaseSettings):
     # Operation plugins to load (entry-point group openclaw.operations), each with the tenants it is enabled for
     # ("*" for all), as JSON: OPENCLAW_PLUGINS='{"acme": ["tenant-a"]}'. Gateway and executor must agree.
     plugins: dict[str, list[str]] = Field(default_factory=dict)
+    # HMAC key of the audit chains (at least 32 bytes); shared by every service that writes or verifies them.
+    audit_key: SecretStr = SecretStr("")
+
+    def audit_key_bytes(self) -> bytes:
+        """The audit chains' HMAC key (the development key when none is configured)."""
+        return (self.audit_key.get_secret_value() or DEV_AUDIT_KEY).encode()
