@@ -22,7 +22,7 @@ async def test_admin_changes_reach_other_replicas_and_bad_ones_change_nothing(
     try:
         await one.put("globex", {"models": ["llama-3"], "quotas": {"requests_per_minute": 10}})
         await one.put("acme", {"models": ["*"]})  # the admin API overrides the config file
-        with pytest.raises(InvalidInputError, match="quotas.requests_per_minute"):
+        with pytest.raises(InvalidInputError, match=r"quotas\.requests_per_minute"):
             await one.put("globex", {"quotas": {"requests_per_minute": 0}})
         await two.refresh()  # what the background refresh does every few seconds
         assert (
