@@ -1,0 +1,89 @@
+"""A deployment's concurrency limit that adapts: additive increase while healthy, multiplicative decrease on
+429s, timeouts or latency well above its baseline, never above the configured ``max_concurrency``.
+
+The shape is Netflix concurrency-limits' AIMD with a latency gradient: the baseline is a slow EWMA of observed
+latency, a sample above ``tolerance`` × baseline counts as congestion, and decreases are spaced by at least one
+baseline latency so one burst of 429s from the same window halves the limit once, not to the floor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class AdaptiveLimit:
+    """The current limit (``value``), moved by ``on_success`` and ``on_overload``."""
+
+    __slots__ = (
+        "_backoff",
+        "_baseline",
+        "_clock",
+        "_last_decrease",
+        "_limit",
+        "_tolerance",
+        "decreases",
+        "max_limit",
+        "min_limit",
+    )
+
+    def __init__(
+        self,
+        max_limit: int,
+        *,
+        initial: int | None = None,
+        min_limit: int = 1,
+        backoff: float = 0.5,
+        tolerance: float = 2.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_limit < 1 or not 1 <= min_limit <= max_limit or not 0 < backoff < 1 or tolerance <= 1:
+            raise ValueError("need 1 <= min_limit <= max_limit, 0 < backoff < 1 and tolerance > 1")
+        self.max_limit = max_limit
+        self.min_limit = min_limit
+        self._limit = float(min(max_limit, max(min_limit, initial if initial is not None else max_limit)))
+        self._backoff = backoff
+        self._tolerance = tolerance
+        self._baseline = 0.0
+        self._last_decrease = float("-inf")
+        self._clock = clock
+        self.decreases = 0
+
+    @property
+    def value(self) -> int:
+        return max(self.min_limit, min(self.max_limit, int(self._limit)))
+
+    @property
+    def baseline_s(self) -> float:
+        return self._baseline
+
+    def on_success(self, latency_s: float, in_flight: int) -> None:
+        """A call finished normally after ``latency_s`` with ``in_flight`` calls running (itself included)."""
+        if self._baseline == 0.0:
+            self._baseline = latency_s
+        elif latency_s > self._tolerance * self._baseline:
+            self._decrease()
+            self._baseline += 0.01 * (latency_s - self._baseline)  # drift slowly: a new normal is learnt
+            return
+        else:
+            self._baseline += 0.05 * (latency_s - self._baseline)
+        if in_flight * 2 >= self._limit:  # grow only when the limit is actually in use
+            self._limit = min(float(self.max_limit), self._limit + 1.0 / max(self._limit, 1.0))
+
+    def on_overload(self) -> None:
+        """The provider said it is overloaded (429, 503) or the call timed out."""
+        self._decrease()
+
+    def set_max(self, max_limit: int) -> None:
+        """A model update changed ``max_concurrency``."""
+        self.max_limit = max(1, max_limit)
+        self.min_limit = min(self.min_limit, self.max_limit)
+        self._limit = min(self._limit, float(self.max_limit))
+
+    def _decrease(self) -> None:
+        now = self._clock()
+        if now - self._last_decrease < max(self._baseline, 0.05):
+            return
+        self._last_decrease = now
+        self._limit = max(float(self.min_limit), self._limit * self._backoff)
+        self.decreases += 1

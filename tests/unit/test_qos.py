@@ -1,0 +1,238 @@
+"""The router's QoS stages with a fake clock: fair queueing, reserved shares, deadlines, AIMD limits, P2C."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import pytest
+
+from services.router.qos import (
+    AdaptiveLimit,
+    Balancer,
+    DeadlineShedError,
+    DeploymentLoad,
+    FairScheduler,
+    QueueFullError,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def queue_up(s: FairScheduler, order: list[str], label: str, **kwargs: object) -> asyncio.Task[None]:
+    async def run() -> None:
+        await s.acquire(**kwargs)  # type: ignore[arg-type]
+        order.append(label)
+
+    task = asyncio.create_task(run())
+    await settle()
+    return task
+
+
+async def drain(s: FairScheduler, order: list[str], n: int) -> None:
+    """Release n slots one at a time, letting the granted waiter record itself each time."""
+    for _ in range(n):
+        s.release(0.1)
+        await settle()
+
+
+# -- scheduler ------------------------------------------------------------------------------------------
+
+
+async def test_free_capacity_is_granted_at_once_and_then_requests_queue() -> None:
+    s = FairScheduler("m", lambda: 2)
+    assert (await s.acquire("a")).queued_s == 0.0
+    await s.acquire("a")
+    order: list[str] = []
+    await queue_up(s, order, "third", tenant="a")
+    assert s.waiting == 1 and order == []
+    await drain(s, order, 1)
+    assert order == ["third"] and s.in_flight == 2
+
+
+async def test_tenants_share_a_class_fairly_whoever_floods_it() -> None:
+    s = FairScheduler("m", lambda: 1)
+    await s.acquire("x")
+    order: list[str] = []
+    for i in range(6):
+        await queue_up(s, order, f"flood{i}", tenant="flood", priority="batch")
+    for i in range(2):
+        await queue_up(s, order, f"calm{i}", tenant="calm", priority="batch")
+    await drain(s, order, 8)
+    # The calm tenant's two requests are interleaved with the flood, not stuck behind six of them.
+    assert order[:4] == ["flood0", "calm0", "flood1", "calm1"]
+    assert order[4:] == ["flood2", "flood3", "flood4", "flood5"]
+
+
+async def test_weights_give_proportional_shares() -> None:
+    s = FairScheduler("m", lambda: 1)
+    await s.acquire("x")
+    order: list[str] = []
+    for _ in range(6):
+        await queue_up(s, order, "gold", tenant="gold", weight=2.0, priority="agent")
+        await queue_up(s, order, "std", tenant="std", weight=1.0, priority="agent")
+    await drain(s, order, 6)
+    assert Counter(order[:6]) == {"gold": 4, "std": 2}
+
+
+async def test_classes_get_their_reserved_shares_and_batch_is_not_starved() -> None:
+    s = FairScheduler("m", lambda: 1)
+    await s.acquire("x")
+    order: list[str] = []
+    for _ in range(20):
+        await queue_up(s, order, "interactive", tenant="t", priority="interactive")
+        await queue_up(s, order, "batch", tenant="t", priority="batch")
+    await drain(s, order, 21)
+    first = Counter(order[:21])
+    assert first["interactive"] >= 17 and first["batch"] >= 2  # ~ 0.6 : 0.1 of the contended slots
+
+
+async def test_an_idle_class_lends_its_share() -> None:
+    s = FairScheduler("m", lambda: 1)
+    await s.acquire("x")
+    order: list[str] = []
+    for i in range(4):
+        await queue_up(s, order, f"b{i}", tenant="t", priority="batch")
+    await drain(s, order, 4)
+    assert order == ["b0", "b1", "b2", "b3"]  # alone, batch gets every slot
+
+
+async def test_requests_that_cannot_meet_their_deadline_are_shed_at_once() -> None:
+    clock = Clock()
+    s = FairScheduler("m", lambda: 1, clock=clock)
+    await s.acquire("x")
+    s.release(2.0)  # slots are held ~2 s
+    await s.acquire("x")
+    with pytest.raises(DeadlineShedError, match="already passed on arrival"):
+        await s.acquire("t", deadline=clock.now - 1)
+    with pytest.raises(DeadlineShedError, match=r"estimated wait 2\.000s is past its deadline"):
+        await s.acquire("t", deadline=clock.now + 0.5)
+    assert s.waiting == 0  # shed without ever being queued
+
+
+async def test_a_queued_request_is_shed_the_moment_its_deadline_passes() -> None:
+    loop = asyncio.get_running_loop()
+    s = FairScheduler("m", lambda: 1, clock=loop.time)
+    await s.acquire("x")
+    with pytest.raises(DeadlineShedError, match="passed while it was queued"):
+        await s.acquire("t", deadline=loop.time() + 0.05)
+    assert s.waiting == 0
+    s.release()
+    assert s.in_flight == 0  # the shed request never took the slot
+
+
+async def test_a_full_queue_refuses_with_a_retry_delay() -> None:
+    s = FairScheduler("m", lambda: 1, max_queue=2)
+    await s.acquire("x")
+    s.release(1.0)
+    await s.acquire("x")
+    order: list[str] = []
+    await queue_up(s, order, "1", tenant="t")
+    await queue_up(s, order, "2", tenant="t")
+    with pytest.raises(QueueFullError) as info:
+        await s.acquire("t")
+    assert info.value.retry_after_s > 0 and info.value.grpc_status.name == "RESOURCE_EXHAUSTED"
+    await drain(s, order, 2)
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_and_capacity_growth_admits_waiters() -> None:
+    cap = [1]
+    s = FairScheduler("m", lambda: cap[0])
+    await s.acquire("x")
+    order: list[str] = []
+    gone = await queue_up(s, order, "gone", tenant="t")
+    await queue_up(s, order, "kept1", tenant="t")
+    await queue_up(s, order, "kept2", tenant="t")
+    gone.cancel()
+    await settle()
+    assert s.waiting == 2
+    cap[0] = 3
+    s.dispatch()
+    await settle()
+    assert order == ["kept1", "kept2"] and s.in_flight == 3
+
+
+# -- adaptive limit -------------------------------------------------------------------------------------
+
+
+def test_aimd_grows_while_used_and_halves_once_per_burst_of_overload() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(32, initial=4, clock=clock)
+    for _ in range(40):
+        limit.on_success(0.1, in_flight=limit.value)
+    grown = limit.value
+    assert grown > 4
+    for _ in range(10):  # ten 429s from the same moment
+        limit.on_overload()
+    assert limit.value == grown // 2 and limit.decreases == 1
+    clock.now += 1.0
+    limit.on_overload()
+    assert limit.value == grown // 4
+
+
+def test_aimd_never_exceeds_max_nor_grows_when_idle_and_backs_off_on_slow_calls() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(8, initial=8, clock=clock)
+    for _ in range(100):
+        limit.on_success(0.1, in_flight=8)
+    assert limit.value == 8
+    idle = AdaptiveLimit(8, initial=2, clock=clock)
+    for _ in range(100):
+        idle.on_success(0.1, in_flight=0)
+    assert idle.value == 2
+    limit.on_success(1.0, in_flight=8)  # 10x the baseline: congestion
+    assert limit.value == 4
+
+
+def test_adaptive_limit_rejects_nonsense_and_follows_max_changes() -> None:
+    with pytest.raises(ValueError):
+        AdaptiveLimit(0)
+    limit = AdaptiveLimit(10)
+    limit.set_max(3)
+    assert limit.value == 3
+
+
+# -- balancer -------------------------------------------------------------------------------------------
+
+
+def test_p2c_prefers_the_faster_less_loaded_deployment() -> None:
+    fast = DeploymentLoad("fast", AdaptiveLimit(100), ewma_s=0.05)
+    slow = DeploymentLoad("slow", AdaptiveLimit(100), ewma_s=0.5)
+    picks = Counter(Balancer(random.Random(1)).choose([fast, slow]).name for _ in range(100))  # type: ignore[union-attr]
+    assert picks == {"fast": 100}
+    fast.in_flight = 30  # 0.05 × 31 > 0.5 × 1: now the slow one is better
+    assert Balancer(random.Random(1)).choose([fast, slow]).name == "slow"  # type: ignore[union-attr]
+
+
+def test_full_open_and_draining_deployments_are_skipped() -> None:
+    full = DeploymentLoad("full", AdaptiveLimit(1), in_flight=1)
+    broken = DeploymentLoad("broken", AdaptiveLimit(5), available=lambda: False)
+    leaving = DeploymentLoad("leaving", AdaptiveLimit(5), draining=True)
+    ok = DeploymentLoad("ok", AdaptiveLimit(5), ewma_s=9.0)
+    balancer = Balancer(random.Random(2))
+    assert balancer.choose([full, broken, leaving, ok]) is ok
+    assert balancer.choose([full, broken, leaving]) is None
+
+
+def test_weights_split_traffic_between_equal_deployments() -> None:
+    a = DeploymentLoad("a", AdaptiveLimit(1000), weight=9.0, ewma_s=0.1)
+    b = DeploymentLoad("b", AdaptiveLimit(1000), weight=1.0, ewma_s=0.1)
+    balancer = Balancer(random.Random(3))
+    picks: Counter[str] = Counter()
+    for _ in range(2000):
+        chosen = balancer.choose([a, b])
+        assert chosen is not None
+        picks[chosen.name] += 1
+    assert picks["a"] > 4 * picks["b"]  # a canary at weight 1 of 10 gets a small share
