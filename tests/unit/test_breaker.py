@@ -247,3 +247,27 @@ async def test_caller_chosen_timeouts_and_redis_command_errors_do_not_open_the_b
             async with b.guard():
                 raise exc
     assert b.state == "closed"
+
+
+async def test_open_time_doubles_after_each_failed_probe_and_resets_on_success() -> None:
+    breaker = AsyncBreaker("growth", fail_max=1, reset_timeout=0.05, max_reset_timeout=0.3, rng=lambda: 0.5)
+    times = []
+    for _ in range(4):
+        with pytest.raises(ConnectionError):
+            async with breaker.guard():
+                raise ConnectionError("down")
+        times.append(breaker.open_time)
+        await asyncio.sleep(breaker.open_time + 0.01)
+    assert times == [0.05, 0.1, 0.2, 0.3]  # doubled, capped (rng 0.5 = no jitter)
+    async with breaker.guard():
+        pass
+    assert breaker.state == "closed" and breaker.open_time == 0.05
+
+
+async def test_retry_after_from_the_dependency_sets_a_longer_open_time() -> None:
+    breaker = AsyncBreaker("hint", fail_max=1, reset_timeout=0.05)
+    breaker.note_retry_after(7.0)
+    with pytest.raises(ConnectionError):
+        async with breaker.guard():
+            raise ConnectionError("429")
+    assert breaker.state == "open" and breaker.open_time == 7.0 and 6.5 < breaker.retry_after() <= 7.0
