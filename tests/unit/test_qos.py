@@ -15,6 +15,7 @@ from services.router.qos import (
     DeploymentLoad,
     FairScheduler,
     QueueFullError,
+    RetryBudget,
 )
 
 
@@ -236,3 +237,25 @@ def test_weights_split_traffic_between_equal_deployments() -> None:
         assert chosen is not None
         picks[chosen.name] += 1
     assert picks["a"] > 4 * picks["b"]  # a canary at weight 1 of 10 gets a small share
+
+
+# -- retry budget ---------------------------------------------------------------------------------------
+
+
+def test_retry_budget_caps_extra_attempts_at_the_ratio_over_the_window() -> None:
+    clock = Clock()
+    budget = RetryBudget(0.2, min_per_s=0, window_s=10, clock=clock)
+    for _ in range(100):
+        budget.record_request()
+    granted = sum(budget.try_spend() for _ in range(50))
+    assert granted == 20 and budget.refused == 30
+    clock.now += 11  # the window slides past: no requests, no retries
+    assert not budget.try_spend()
+    for _ in range(10):
+        budget.record_request()
+    assert budget.try_spend() and budget.try_spend() and not budget.try_spend()
+
+
+def test_retry_budget_floor_lets_a_quiet_router_retry() -> None:
+    budget = RetryBudget(0.2, min_per_s=1, window_s=10, clock=Clock())
+    assert sum(budget.try_spend() for _ in range(20)) == 10

@@ -9,6 +9,7 @@
 from services.router.qos.adaptive import AdaptiveLimit
 from services.router.qos.admission import QuotaExceededError, QuotaLeases, TenantQuota
 from services.router.qos.balancer import Balancer, DeploymentLoad
+from services.router.qos.retry_budget import RetryBudget
 from services.router.qos.scheduler import PRIORITIES, DeadlineShedError, FairScheduler, Grant, QueueFullError
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "QueueFullError",
     "QuotaExceededError",
     "QuotaLeases",
+    "RetryBudget",
     "TenantQuota",
 ]
