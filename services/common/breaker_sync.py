@@ -38,6 +38,7 @@ class BreakerSync:
         self._breakers: dict[str, AsyncBreaker] = {}
         self._pubsub: PubSub | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._pending: set[asyncio.Task[None]] = set()
 
     def attach(self, breaker: AsyncBreaker) -> None:
@@ -61,10 +62,10 @@ class BreakerSync:
             await self._adopt(breaker)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, 2.0)
             self._task = None
         for task in list(self._pending):
             with contextlib.suppress(Exception):
@@ -123,11 +124,13 @@ class BreakerSync:
 
     async def _listen(self) -> None:
         assert self._pubsub is not None
-        while True:
+        while not self._stopping:
             try:
-                async for message in self._pubsub.listen():
-                    if message.get("type") == "message":
-                        self._apply(json.loads(message["data"]))
+                # get_message with a timeout, not listen(): cancelling a task inside redis-py's listen() can
+                # leave it waiting forever, so stop() asks the loop to end instead.
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+                if message is not None and message.get("type") == "message":
+                    self._apply(json.loads(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a dropped connection: resubscribe after a pause

@@ -55,6 +55,7 @@ class TableSync:
         self.version = 0
         self._pubsub: PubSub | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -70,10 +71,10 @@ class TableSync:
         self._task = asyncio.create_task(self._follow(), name="model-table-sync")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, 2.0)
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -135,11 +136,13 @@ class TableSync:
 
     async def _follow(self) -> None:
         assert self._pubsub is not None
-        while True:
+        while not self._stopping:
             try:
-                async for message in self._pubsub.listen():
-                    if message.get("type") == "message":
-                        await self._load()
+                # get_message with a timeout, not listen(): cancelling a task inside redis-py's listen() can
+                # leave it waiting forever, so stop() asks the loop to end instead.
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+                if message is not None and message.get("type") == "message":
+                    await self._load()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
