@@ -3,7 +3,9 @@
 #   python -m services.gateway | services.router | services.executor | services.simulator
 # Used by deploy/compose/compose.yaml and deploy/k8s/.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# An exact Python and Debian release, so a rebuild gets the same base. Pin the digest too where the build can
+# resolve it (docker buildx imagetools inspect python:3.11.13-slim-bookworm), e.g. via Renovate.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -24,10 +26,10 @@ RUN mkdir openclaw services \
 
 COPY . .
 # The gRPC stubs are generated, never committed: compile them before installing so they ship in the package,
-# then prove the installed package (not /src) imports them.
+# then prove the installed package (not /src: -I keeps the working directory off sys.path) imports them.
 RUN python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. proto/openclaw/v1/*.proto \
     && pip install --no-deps . \
-    && cd / && python -I -c "import openclaw.v1.router_pb2_grpc, openclaw.v1.tasks_pb2, services"
+    && python -I -c "import openclaw.v1.router_pb2_grpc, openclaw.v1.tasks_pb2, services"
 
 
 FROM ${PYTHON_IMAGE}
@@ -44,9 +46,12 @@ RUN groupadd --system --gid 10001 openclaw \
     && mkdir -p /var/lib/openclaw/storage /etc/openclaw \
     && chown -R 10001:10001 /var/lib/openclaw
 COPY --from=build /opt/venv /opt/venv
+# One health check for whichever service the container runs (deploy/docker/healthcheck.py).
+COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/openclaw-healthcheck
 WORKDIR /home/openclaw
 USER 10001:10001
 # gateway HTTP/gRPC, simulator, router gRPC/metrics, executor ops port
 EXPOSE 8080 50052 8090 50051 9102 9103
+HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 CMD ["/usr/local/bin/openclaw-healthcheck"]
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "services.gateway"]

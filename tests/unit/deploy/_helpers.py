@@ -20,7 +20,12 @@ DEPLOY = ROOT / "deploy"
 COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
 OVERRIDE_FILE = COMPOSE_DIR / "compose.override.example.yaml"
-K8S_DIR = DEPLOY / "k8s"
+K8S_ROOT = DEPLOY / "k8s"
+K8S_DIR = K8S_ROOT / "base"
+PRODUCTION = K8S_ROOT / "overlays" / "production"
+K8S_VERSION = "1.31.0"
+METRICS_FILE = DEPLOY / "metrics.txt"
+PROMETHEUS_DIR = DEPLOY / "prometheus"
 BIN = Path(sys.executable).parent
 
 OPENCLAW = ("simulator", "router", "executor", "gateway")
@@ -131,3 +136,72 @@ def assert_binds_all_interfaces(name: str, env: dict[str, str]) -> None:
             assert value == "0.0.0.0", f"{name}: {key}={value}"
         if key.endswith("_LISTEN"):
             assert value.rsplit(":", 1)[0] == "0.0.0.0", f"{name}: {key}={value}"
+
+
+def exported_metrics() -> dict[str, str]:
+    """Metric family name -> type, from deploy/metrics.txt."""
+    families: dict[str, str] = {}
+    for line in METRICS_FILE.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, kind = line.split()[:2]
+            assert name not in families, f"deploy/metrics.txt lists {name} twice"
+            families[name] = kind
+    return families
+
+
+def series_names(family: str, kind: str) -> set[str]:
+    """The sample names a family produces in the Prometheus exposition format."""
+    if kind == "histogram":
+        return {f"{family}_bucket", f"{family}_sum", f"{family}_count"}
+    return {family}
+
+
+_PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or"}
+_PROMQL_KEYWORDS |= {"unless", "offset", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names an expression selects (a light parse: enough for the dashboards and rules we write)."""
+    label_values = re.fullmatch(r"\s*label_values\(\s*(?:([A-Za-z_:][\w:]*)\s*,\s*)?\w+\s*\)\s*", expr)
+    if label_values:
+        return {label_values.group(1)} if label_values.group(1) else set()
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', " ", expr)
+    text = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\$\{?\w+\}?", " ", text)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][\w:]*", text):
+        before = text[match.start() - 1] if match.start() else " "
+        if before.isdigit() or before == ".":
+            continue  # the tail of a number or duration (1e3, 5m)
+        if text[match.end() :].lstrip().startswith("(") or match.group().lower() in _PROMQL_KEYWORDS:
+            continue  # a function, aggregation or keyword
+        names.add(match.group())
+    return names
+
+
+def render(kustomization: Path) -> list[dict[str, Any]]:
+    """The documents `kubectl kustomize` renders for a kustomization directory."""
+    output = run(tool("kubectl"), "kustomize", str(kustomization)).stdout
+    return [doc for doc in yaml.safe_load_all(output) if doc]
+
+
+def validate_strictly(docs: list[dict[str, Any]], folder: Path) -> None:
+    """kubernetes-validate --strict on every document (one file each, so a failure names its object)."""
+    files = []
+    for i, doc in enumerate(docs):
+        path = folder / f"{i:02d}-{doc['kind']}-{doc['metadata']['name']}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        files.append(str(path))
+    done = run(tool("kubernetes-validate"), "--strict", "-k", K8S_VERSION, *files)
+    assert done.stdout.count(" passed ") == len(files), done.stdout
+
+
+def by_kind(docs: list[dict[str, Any]], *kinds: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] in kinds}
+
+
+def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    spec: list[dict[str, Any]] = workload["spec"]["template"]["spec"]["containers"]
+    return spec
