@@ -83,6 +83,22 @@ class RouterClient:
             finally:
                 call.cancel()
 
+    async def embed(
+        self, request: router_pb2.EmbedRequest, *, timeout_s: float | None = None
+    ) -> router_pb2.EmbedResponse:
+        """Vectors for texts."""
+        attrs = {**_attrs(request), "gen_ai.operation.name": "embeddings"}
+        async with self.hop.guard("RouterService/Embed", **attrs) as span:
+            try:
+                response: router_pb2.EmbedResponse = await self._stub.Embed(
+                    request, timeout=timeout_s or self._timeout, metadata=rpc.outgoing_metadata()
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise self._error(exc, timeout_s) from exc
+            span.set_attribute("gen_ai.response.model", response.model)
+            span.set_attribute("gen_ai.usage.input_tokens", response.usage.prompt_tokens)
+            return response
+
     def _error(self, exc: grpc.aio.AioRpcError, timeout_s: float | None) -> OpenClawError:
         """The remote error; a deadline the caller chose shorter than ours is not the router's fault."""
         if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and timeout_s and timeout_s < self._timeout:
@@ -113,7 +129,7 @@ class RouterClient:
         await self._channel.close(grace=None)
 
 
-def _attrs(request: router_pb2.ChatRequest) -> dict[str, Any]:
+def _attrs(request: router_pb2.ChatRequest | router_pb2.EmbedRequest) -> dict[str, Any]:
     return {
         "rpc.system": "grpc",
         "rpc.service": "openclaw.v1.RouterService",

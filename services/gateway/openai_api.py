@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes: /v1/chat/completions (plain and SSE) and /v1/models, over the router's gRPC API.
+"""OpenAI-compatible routes: /v1/chat/completions (plain and SSE), /v1/embeddings and /v1/models, over the router.
 
 Chat is interactive, so it goes straight to the router (tasks go through RabbitMQ). Requests and answers are
 translated to and from ``openclaw.v1`` protobuf; errors use OpenAI's shape so the official client raises
@@ -30,6 +30,8 @@ from services.common.errors import (
 )
 from services.gateway.auth import AuthError, TokenVerifier
 from services.gateway.http_api import SSE_HEADERS, authenticate, read_json
+from services.gateway.openai_embeddings import embeddings_body, to_embed_request
+from services.gateway.openai_wire import OpenAIError, route_info
 
 SERVED_BY_HEADER = "x-openclaw-served-by"
 _DONE = b"data: [DONE]\n\n"
@@ -54,15 +56,7 @@ class ChatBackend(Protocol):
 
     async def list_models(self) -> router_pb2.ListModelsResponse: ...
 
-
-class OpenAIError(Exception):
-    """An error to answer in OpenAI's shape (for request problems this module finds itself)."""
-
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+    async def embed(self, request: router_pb2.EmbedRequest) -> router_pb2.EmbedResponse: ...
 
 
 def openai_error(
@@ -110,26 +104,6 @@ def translate_error(err: Exception, model: str = "") -> JSONResponse:
     if isinstance(err, OpenClawError):
         return openai_error(err.http_status, err.message, code=err.code)
     raise err
-
-
-def route_info(route: router_pb2.RouteInfo) -> dict[str, Any]:
-    """RouteInfo as JSON: which model and provider served, queueing time, every attempt."""
-    return {
-        "model": route.model,
-        "provider": route.provider,
-        "queue_ms": route.queue_ms,
-        "simulated": route.simulated,
-        "attempts": [
-            {
-                "model": a.model,
-                "provider": a.provider,
-                "outcome": a.outcome,
-                "error": a.error,
-                "duration_ms": a.duration_ms,
-            }
-            for a in route.attempts
-        ],
-    }
 
 
 def to_chat_request(body: Any, *, tenant: str, request_id: str) -> router_pb2.ChatRequest:
@@ -336,6 +310,7 @@ class OpenAIRoutes:
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
         ]
@@ -357,6 +332,20 @@ class OpenAIRoutes:
             return translate_error(exc, model)
         headers = {SERVED_BY_HEADER: response.route.model or response.model}
         return JSONResponse(completion_body(response, request_id), headers=headers)
+
+    async def embeddings(self, request: Request) -> Response:
+        model = ""
+        try:
+            principal = authenticate(self._verifier, request)
+            body = await read_json(request, self._limit)
+            embed = to_embed_request(body, tenant=principal.tenant, request_id=f"emb-{uuid.uuid4().hex}")
+            model = embed.model
+            response = await self._backend.embed(embed)
+        except (OpenClawError, OpenAIError) as exc:
+            return translate_error(exc, model)
+        headers = {SERVED_BY_HEADER: response.route.model or response.model}
+        as_base64 = body.get("encoding_format") == "base64"
+        return JSONResponse(embeddings_body(response, as_base64=as_base64), headers=headers)
 
     async def list_models(self, request: Request) -> Response:
         try:

@@ -90,6 +90,27 @@ class ChatDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    """Texts to embed with one model, independent of any provider's format."""
+
+    model: str
+    inputs: tuple[str, ...]
+    dimensions: int | None = None
+    user: str = ""
+    tenant: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    """One vector per input, in input order."""
+
+    model: str
+    vectors: tuple[tuple[float, ...], ...]
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """One try against one model and how it ended."""
 

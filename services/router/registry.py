@@ -21,11 +21,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from services.common.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 
-ProviderName = Literal["openai", "anthropic"]
+ProviderName = Literal["openai", "anthropic", "gemini", "ollama", "azure", "cohere"]
 
 DEFAULT_ENDPOINTS: Mapping[str, str] = MappingProxyType(
-    {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+    {
+        "openai": "https://api.openai.com/v1",
+        "anthropic": "https://api.anthropic.com",
+        "gemini": "https://generativelanguage.googleapis.com",
+        "ollama": "http://localhost:11434",
+        "cohere": "https://api.cohere.com",
+    }
 )
+"""Where each provider lives when a model names no endpoint; Azure has none (each resource has its own URL)."""
 DEFAULT_MODELS_FILE = Path(__file__).with_name("default_models.yaml")
 DEFAULT_API_KEY_ENV_PATTERN = r"^[A-Z][A-Z0-9_]*_API_KEY$"
 """What ``api_key_env`` may name: provider key variables, never the router's other settings or secrets."""
@@ -157,7 +164,11 @@ def build_spec(data: Mapping[str, Any], ctx: SpecContext, *, source: str = "") -
             f"{ctx.api_key_env_pattern} (OPENCLAW_ROUTER_API_KEY_ENV_PATTERN)",
             source=source,
         )
-    endpoint = cfg.endpoint or DEFAULT_ENDPOINTS[cfg.provider]
+    endpoint = cfg.endpoint or DEFAULT_ENDPOINTS.get(cfg.provider, "")
+    if not endpoint:
+        raise ModelConfigError(
+            cfg.name, "endpoint", f"required for provider {cfg.provider!r} (its resource URL)", source=source
+        )
     credential = cfg.api_key or (ctx.env.get(cfg.api_key_env, "") if cfg.api_key_env else "")
     return ModelSpec(
         name=cfg.name,
@@ -297,7 +308,7 @@ class Registry:
             if (
                 "endpoint" not in changes
                 and merged["provider"] != current.provider
-                and current.endpoint == DEFAULT_ENDPOINTS[current.provider]
+                and current.endpoint == DEFAULT_ENDPOINTS.get(current.provider)
             ):
                 merged["endpoint"] = ""  # follow the new provider's default
             if "endpoint" in changes and "simulated" not in changes:

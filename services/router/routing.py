@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from opentelemetry.trace import Span
@@ -34,14 +34,20 @@ from services.common.errors import (
 )
 from services.common.hop import Hop
 from services.router import metrics
-from services.router.chat import Attempt, ChatDelta, ChatRequest, ChatResult, Route
+from services.router.chat import Attempt, ChatDelta, ChatRequest, ChatResult, EmbedRequest, EmbedResult, Route
 from services.router.limiter import BusyError, Limiter
-from services.router.providers.base import ProviderAdapter, ProviderError, ProviderRejectedError
+from services.router.providers.base import (
+    EmbeddingAdapter,
+    ProviderAdapter,
+    ProviderError,
+    ProviderRejectedError,
+)
 from services.router.registry import ModelSpec, ModelTable, Registry
 
 log = logging.getLogger(__name__)
 
 HOP_NAME = "router.provider"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,20 +218,51 @@ class Router:
 
     async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> tuple[ChatResult, Route]:
         """One completion from the first model in the chain that can serve it."""
+
+        async def call(spec: ModelSpec, rt: _Runtime) -> ChatResult:
+            async with rt.hop.guard(f"chat {spec.provider_model}", **rt.attrs) as span:
+                result = await self._adapter(spec).chat(spec, request)
+                u = result.usage
+                _record_usage(span, rt, result.model, u.prompt_tokens, u.completion_tokens)
+            return result
+
+        return await self._first(request.model, deadline, call)
+
+    async def embed(
+        self, request: EmbedRequest, *, deadline: float | None = None
+    ) -> tuple[EmbedResult, Route]:
+        """Vectors from the first model in the chain that can serve them."""
+
+        async def call(spec: ModelSpec, rt: _Runtime) -> EmbedResult:
+            adapter: Any = self._adapter(spec)
+            if not callable(getattr(adapter, "embed", None)):
+                raise ProviderError(
+                    "client_error",
+                    0,
+                    f"provider {spec.provider!r} of model {spec.name!r} serves no embeddings",
+                )
+            attrs = {**rt.attrs, "gen_ai.operation.name": "embeddings"}
+            async with rt.hop.guard(f"embeddings {spec.provider_model}", **attrs) as span:
+                result: EmbedResult = await cast(EmbeddingAdapter, adapter).embed(spec, request)
+                _record_usage(span, rt, result.model, result.usage.prompt_tokens, 0)
+            return result
+
+        return await self._first(request.model, deadline, call)
+
+    async def _first(
+        self, model: str, deadline: float | None, call: Callable[[ModelSpec, _Runtime], Awaitable[T]]
+    ) -> tuple[T, Route]:
+        """The answer of the first model in the chain that gives one; fallbacks walked by error class."""
         route = Route()
         rejected: ProviderError | None = None
-        for spec in self._chain(request.model):
+        for spec in self._chain(model):
             rt = self._runtime(spec)
             if not await self._admit(spec, rt, route, deadline):
                 continue
             rt.metrics.in_flight.inc()
             start = time.perf_counter()
             try:
-                async with rt.hop.guard(f"chat {spec.provider_model}", **rt.attrs) as span:
-                    result = await self._adapter(spec).chat(spec, request)
-                    _record_usage(
-                        span, rt, result.model, result.usage.prompt_tokens, result.usage.completion_tokens
-                    )
+                result = await call(spec, rt)
             except (ProviderError, BreakerOpenError) as exc:
                 elapsed = time.perf_counter() - start
                 rt.metrics.duration.observe(elapsed)
@@ -254,7 +291,7 @@ class Router:
             rt.metrics.outcome("ok")
             _served(route, spec, start)
             return result, route
-        raise _exhausted(request.model, route, rejected)
+        raise _exhausted(model, route, rejected)
 
     # -- stream ------------------------------------------------------------------------------------
 

@@ -23,7 +23,16 @@ from services.common.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
 )
-from services.router.chat import ChatDelta, ChatRequest, ChatResult, Message, Route, ToolCall
+from services.router.chat import (
+    ChatDelta,
+    ChatRequest,
+    ChatResult,
+    EmbedRequest,
+    EmbedResult,
+    Message,
+    Route,
+    ToolCall,
+)
 from services.router.registry import CONFIG_FIELDS, ModelSpec, Registry
 from services.router.routing import Router
 
@@ -34,6 +43,9 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _OUTPUT_ONLY = frozenset({"has_api_key"})
 Context = grpc.aio.ServicerContext[Any, Any]
 ADMIN_TOKEN_ENV = "OPENCLAW_ROUTER_ADMIN_TOKEN"
+MAX_EMBED_INPUTS = 2048
+"""Texts in one Embed call (OpenAI's own limit per request)."""
+MAX_DIMENSIONS = 65536
 
 
 # -- admin access ----------------------------------------------------------------------------------
@@ -157,6 +169,41 @@ def decode_chat(request: router_pb2.ChatRequest) -> ChatRequest:
         tenant=request.tenant,
         request_id=request.request_id,
         extra=struct_to_dict(request.extra) if request.HasField("extra") else {},
+    )
+
+
+def decode_embed(request: router_pb2.EmbedRequest) -> EmbedRequest:
+    """The domain request; InvalidInputError names the first bad field."""
+    if not request.model:
+        raise _invalid("model", "required: the name of a model (see ListModels)")
+    if not request.input:
+        raise _invalid("input", "at least one text is required")
+    if len(request.input) > MAX_EMBED_INPUTS:
+        raise _invalid("input", f"at most {MAX_EMBED_INPUTS} texts per call (got {len(request.input)})")
+    for index, text in enumerate(request.input):
+        if not text:
+            raise _invalid(f"input[{index}]", "must not be empty")
+    dimensions = request.dimensions if request.HasField("dimensions") else None
+    if dimensions is not None and not 1 <= dimensions <= MAX_DIMENSIONS:
+        raise _invalid("dimensions", f"must be between 1 and {MAX_DIMENSIONS} (got {dimensions})")
+    return EmbedRequest(
+        model=request.model,
+        inputs=tuple(request.input),
+        dimensions=dimensions,
+        user=request.user,
+        tenant=request.tenant,
+        request_id=request.request_id,
+    )
+
+
+def encode_embeddings(result: EmbedResult, route: Route) -> router_pb2.EmbedResponse:
+    """An EmbedResponse: the vectors in input order, usage and route."""
+    usage = result.usage
+    return router_pb2.EmbedResponse(
+        model=result.model or route.model,
+        data=[router_pb2.Embedding(values=vector) for vector in result.vectors],
+        usage=router_pb2.Usage(prompt_tokens=usage.prompt_tokens, total_tokens=usage.total_tokens),
+        route=encode_route(route),
     )
 
 
@@ -337,6 +384,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):  # type: ignore[mis
                 raise
             except Exception as exc:
                 log.exception("ChatStream failed")
+                await rpc.abort(context, OpenClawError(f"internal error: {type(exc).__name__}"))
+                raise
+
+    async def Embed(self, request: router_pb2.EmbedRequest, context: Context) -> router_pb2.EmbedResponse:
+        with rpc.server_span(context, "Embed", SERVICE) as span:
+            span.set_attribute("gen_ai.request.model", request.model)
+            try:
+                result, route = await self._router.embed(decode_embed(request), deadline=_deadline(context))
+                return encode_embeddings(result, route)
+            except OpenClawError as exc:
+                await rpc.abort(context, exc)
+                raise
+            except Exception as exc:
+                log.exception("Embed failed")
                 await rpc.abort(context, OpenClawError(f"internal error: {type(exc).__name__}"))
                 raise
 

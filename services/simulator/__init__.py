@@ -1,4 +1,4 @@
-"""Provider simulator: a real HTTP server speaking the OpenAI and Anthropic wire formats, clearly labelled."""
+"""Provider simulator: a real HTTP server speaking six providers' wire formats, clearly labelled."""
 
 from services.simulator.app import (
     SIMULATED_HEADER,

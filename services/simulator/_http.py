@@ -14,6 +14,7 @@ from services.simulator.jsonbody import parse_json
 
 MAX_INT32 = 2**31 - 1
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+NDJSON_HEADERS = {"Content-Type": "application/x-ndjson"}
 
 encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -69,9 +70,9 @@ class ModelRoutes:
         model = body.get("model") if isinstance(body, dict) else None
         self._stats.record(model if isinstance(model, str) and model else "-", "bad_request")
 
-    async def _decide(self, model: str) -> tuple[Behaviour, Fault | None]:
+    async def _decide(self, model: str, prompt_tokens: int = 0) -> tuple[Behaviour, Fault | None]:
         """The model's behaviour, after its latency; a fault to inject is counted here."""
-        behaviour, fault = self._behaviours.decide(model)
+        behaviour, fault = self._behaviours.decide(model, prompt_tokens)
         if behaviour.latency_ms:
             await asyncio.sleep(behaviour.latency_ms / 1000)
         if fault is not None:
@@ -79,10 +80,15 @@ class ModelRoutes:
         return behaviour, fault
 
     async def _stream(
-        self, request: web.Request, model: str, lines: list[bytes], behaviour: Behaviour
+        self,
+        request: web.Request,
+        model: str,
+        lines: list[bytes],
+        behaviour: Behaviour,
+        headers: dict[str, str] = SSE_HEADERS,
     ) -> web.StreamResponse:
-        """Play SSE lines as the behaviour paces (or breaks) them, and count the outcome."""
-        response = web.StreamResponse(headers=SSE_HEADERS)
+        """Play SSE events (or NDJSON lines) as the behaviour paces (or breaks) them, and count the outcome."""
+        response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         try:
             complete = await play(response, lines, behaviour)

@@ -50,6 +50,13 @@ def fault_response(fault: Fault, model: str) -> web.Response:
             f"[simulated] rate limit reached for model {model!r}; retry after {fault.retry_after_s}s",
             headers={"Retry-After": str(fault.retry_after_s)},
         )
+    if fault.kind == "context_window":
+        return error_response(
+            400,
+            f"[simulated] prompt is too long: {fault.prompt_tokens} tokens > {fault.context_window} maximum",
+        )
+    if fault.kind == "content_policy":
+        return error_response(400, "[simulated] Output blocked by content filtering policy")
     return error_response(fault.status, f"[simulated] injected failure for model {model!r}")
 
 
@@ -135,11 +142,11 @@ class AnthropicRoutes(ModelRoutes):
             self._bad_request(body)
             return error_response(400, problem)
         model = body["model"]
-        behaviour, fault = await self._decide(model)
+        messages: list[Any] = body["messages"]
+        behaviour, fault = await self._decide(model, prompt_tokens(messages, body.get("system")))
         if fault is not None:
             return fault_response(fault, model)
 
-        messages: list[Any] = body["messages"]
         reply = compose(model, messages, body.get("max_tokens"))
         tool = _forced_tool(body)
         message_id = f"msg_sim_{next(self._ids)}"

@@ -13,7 +13,10 @@ from aiohttp import web
 
 from services.simulator.anthropic_api import AnthropicRoutes
 from services.simulator.behaviour import BehaviourError, BehaviourTable, Stats, load_behaviour_file
+from services.simulator.cohere_api import CohereRoutes
+from services.simulator.gemini_api import GeminiRoutes
 from services.simulator.jsonbody import parse_json
+from services.simulator.ollama_api import OllamaRoutes
 from services.simulator.openai_api import OpenAIRoutes
 from services.simulator.settings import SimulatorSettings
 
@@ -135,6 +138,9 @@ def create_app(
     app.add_routes(ControlRoutes(behaviours, stats).routes())
     app.add_routes(OpenAIRoutes(behaviours, stats, models).routes())
     app.add_routes(AnthropicRoutes(behaviours, stats).routes())
+    app.add_routes(GeminiRoutes(behaviours, stats).routes())
+    app.add_routes(OllamaRoutes(behaviours, stats).routes())
+    app.add_routes(CohereRoutes(behaviours, stats).routes())
     return app
 
 

@@ -15,8 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 DEFAULT_MODEL = "*"
 """The model name whose behaviour applies to every model without its own settings."""
 
-FaultKind = Literal["error", "rate_limited", "outage"]
-Outcome = Literal["ok", "error", "rate_limited", "outage", "stream_broken", "bad_request", "client_gone"]
+FaultKind = Literal["error", "rate_limited", "outage", "context_window", "content_policy"]
+Outcome = Literal[
+    "ok",
+    "error",
+    "rate_limited",
+    "outage",
+    "context_window",
+    "content_policy",
+    "stream_broken",
+    "bad_request",
+    "client_gone",
+]
 
 
 class Behaviour(BaseModel):
@@ -33,6 +43,10 @@ class Behaviour(BaseModel):
     retry_after_s: int = Field(default=1, ge=0, le=86_400)
     outage: bool = False
     stream_fail_after: int | None = Field(default=None, ge=0)
+    context_window: int | None = Field(default=None, ge=1)
+    """Prompts of more simulated tokens than this are refused as too long for the model."""
+    content_policy: bool = False
+    """Every request is refused by the (simulated) content policy."""
 
 
 class BehaviourError(ValueError):
@@ -51,6 +65,8 @@ class Fault:
     kind: FaultKind
     status: int
     retry_after_s: int | None = None
+    prompt_tokens: int = 0
+    context_window: int = 0
 
 
 def validate_patch(patch: object, *, where: str = "") -> dict[str, Any]:
@@ -109,7 +125,7 @@ class BehaviourTable:
         """The effective behaviour of ``model`` (``fail_next`` excluded: see ``snapshot``)."""
         return self._effective.get(model, self._default)
 
-    def decide(self, model: str) -> tuple[Behaviour, Fault | None]:
+    def decide(self, model: str, prompt_tokens: int = 0) -> tuple[Behaviour, Fault | None]:
         """Behaviour for one request and the fault to inject, if any (consumes ``fail_next``)."""
         behaviour = self._effective.get(model, self._default)
         if behaviour.outage:
@@ -120,6 +136,10 @@ class BehaviourTable:
             return behaviour, Fault("error", behaviour.error_status)
         if behaviour.error_rate > 0 and self._rng(model).random() < behaviour.error_rate:
             return behaviour, Fault("error", behaviour.error_status)
+        if behaviour.content_policy:
+            return behaviour, Fault("content_policy", 400)
+        if behaviour.context_window is not None and prompt_tokens > behaviour.context_window:
+            return behaviour, Fault("context_window", 400, None, prompt_tokens, behaviour.context_window)
         return behaviour, None
 
     def update(self, model: str, patch: object) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""OpenAI wire format: chat completions (plain and SSE), embeddings and the model list."""
+"""OpenAI wire format: chat completions (plain and SSE), embeddings and the model list; Azure's paths too."""
 
 from __future__ import annotations
 
@@ -66,6 +66,21 @@ def fault_response(fault: Fault, model: str) -> web.Response:
             f"[simulated] rate limit reached for model {model!r}; retry after {fault.retry_after_s}s",
             code="rate_limit_exceeded",
             headers={"Retry-After": str(fault.retry_after_s)},
+        )
+    if fault.kind == "context_window":
+        return error_response(
+            400,
+            f"[simulated] This model's maximum context length is {fault.context_window} tokens. However, "
+            f"your messages resulted in {fault.prompt_tokens} tokens.",
+            code="context_length_exceeded",
+            param="messages",
+        )
+    if fault.kind == "content_policy":
+        return error_response(
+            400,
+            "[simulated] The prompt was filtered due to triggering the content management policy.",
+            code="content_filter",
+            param="prompt",
         )
     return error_response(fault.status, f"[simulated] injected failure for model {model!r}", code="simulated")
 
@@ -155,6 +170,8 @@ class OpenAIRoutes(ModelRoutes):
             web.post("/v1/chat", self.chat_completions),
             web.post("/chat/completions", self.chat_completions),
             web.post("/v1/embeddings", self.embeddings),
+            web.post("/openai/deployments/{deployment}/chat/completions", self.chat_completions),
+            web.post("/openai/deployments/{deployment}/embeddings", self.embeddings),
             web.get("/v1/models", self.list_models),
             web.get("/v1/models/{model:.+}", self.get_model),
         ]
@@ -211,12 +228,23 @@ class OpenAIRoutes(ModelRoutes):
         if isinstance(body, str):
             self._bad_request(body)
             return error_response(400, body, code="invalid_json")
+        deployment = request.match_info.get("deployment")
+        if deployment is not None:  # Azure: the deployment in the path is the model
+            if not request.query.get("api-version"):
+                self._bad_request(body)
+                return error_response(
+                    400,
+                    "missing required query parameter 'api-version'",
+                    param="api-version",
+                    code="invalid_request",
+                )
+            body["model"] = deployment
         problem = check(body)
         if problem is not None:
             self._bad_request(body)
             return error_response(400, problem[1], param=problem[0], code="invalid_request")
         model = body["model"]
-        behaviour, fault = await self._decide(model)
+        behaviour, fault = await self._decide(model, _prompt_tokens(body))
         if fault is not None:
             return fault_response(fault, model)
         return body, model, behaviour
@@ -268,6 +296,15 @@ class OpenAIRoutes(ModelRoutes):
         """``GET /v1/models/{model}``: every model name is served, so every name exists."""
         entry = _model_entry(request.match_info["model"])
         return json_response(entry)
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    """Simulated prompt tokens of a valid chat or embeddings request."""
+    if "messages" in body:
+        return prompt_tokens(body["messages"])
+    raw_input = body.get("input")
+    texts = [raw_input] if isinstance(raw_input, str) else raw_input or []
+    return sum(count_tokens(t) if isinstance(t, str) else 1 for t in texts)
 
 
 def _check_embeddings(body: dict[str, Any]) -> tuple[str, str] | None:

@@ -1,4 +1,4 @@
-"""Deterministic reply text, word-sized stream pieces, word-based token counts and hash embeddings."""
+"""Deterministic reply text, word-sized stream pieces, word-based token counts and bag-of-words embeddings."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ FIRST_LINE_MAX = 200
 """The summary quotes at most this many characters of the first line."""
 
 _PIECE = re.compile(r"\s*\S+\s*")
+_WORD = re.compile(r"\w+")
+_FEATURES_PER_WORD = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +100,17 @@ def compose(model: str, messages: Sequence[object], max_tokens: int | None = Non
 
 
 def embedding(text: str, dimensions: int) -> list[float]:
-    """A unit-length vector derived from a hash of ``text``: same text, same vector."""
-    digest = hashlib.shake_256(text.encode("utf-8")).digest(2 * dimensions)
-    raw = [value / 32767.5 - 1.0 for value in struct.unpack(f"<{dimensions}H", digest)]
-    norm = math.sqrt(sum(value * value for value in raw)) or 1.0
+    """A unit vector of hashed word counts: same text, same vector; texts sharing words point alike."""
+    raw = [0.0] * dimensions
+    for word in _WORD.findall(text.lower()):
+        digest = hashlib.blake2b(word.encode("utf-8"), digest_size=4 * _FEATURES_PER_WORD).digest()
+        for k in range(0, len(digest), 4):
+            # Several signed buckets per word keep collisions from making unrelated words identical.
+            index = int.from_bytes(digest[k : k + 3], "little") % dimensions
+            raw[index] += 1.0 if digest[k + 3] & 1 else -1.0
+    norm = math.sqrt(sum(value * value for value in raw))
+    if not norm:  # no words (or they cancelled out): fall back to a hash of the whole text
+        digest = hashlib.shake_256(text.encode("utf-8")).digest(2 * dimensions)
+        raw = [value / 32767.5 - 1.0 for value in struct.unpack(f"<{dimensions}H", digest)]
+        norm = math.sqrt(sum(value * value for value in raw)) or 1.0
     return [value / norm for value in raw]

@@ -34,7 +34,17 @@ def registry(*entries: dict[str, object], **env: str) -> Registry:
 
 def test_default_table_is_simulated_without_keys() -> None:
     specs = {s.name: s for s in load_models("", ctx())}
-    assert set(specs) == {"gpt-4-mini", "llama-3", "claude-3", "echo"}
+    assert set(specs) == {
+        "gpt-4-mini",
+        "llama-3",
+        "claude-3",
+        "echo",
+        "sim-embed",
+        "sim-gemini",
+        "sim-ollama",
+        "sim-azure",
+        "sim-cohere",
+    }
     assert all(s.simulated and not s.has_api_key for s in specs.values())
     assert specs["claude-3"].provider == "anthropic"
     assert specs["claude-3"].fallback_models == ("gpt-4-mini",)
@@ -103,7 +113,8 @@ def test_unset_variable_names_model_and_variable() -> None:
     ("entry", "field"),
     [
         ({"name": "m", "max_concurrency": 0}, "max_concurrency"),
-        ({"name": "m", "provider": "gemini"}, "provider"),
+        ({"name": "m", "provider": "bedrock"}, "provider"),
+        ({"name": "m", "provider": "azure"}, "endpoint"),  # no default: each resource has its own URL
         ({"name": "m", "endpoint": "ftp://x"}, "endpoint"),
         ({"name": "m", "timeout_seconds": -1}, "timeout_seconds"),
         ({"name": "m", "colour": "red"}, "colour"),

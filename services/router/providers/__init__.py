@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from services.router.providers.anthropic import AnthropicAdapter
+from services.router.providers.azure import AzureOpenAIAdapter
 from services.router.providers.base import (
+    EmbeddingAdapter,
     ErrorKind,
     HttpPool,
     ProviderAdapter,
@@ -11,18 +13,34 @@ from services.router.providers.base import (
     ProviderRejectedError,
     ProviderUnavailableError,
 )
+from services.router.providers.cohere import CohereAdapter
+from services.router.providers.gemini import GeminiAdapter
+from services.router.providers.ollama import OllamaAdapter
 from services.router.providers.openai import OpenAIAdapter
 
 
 def build_adapters(pool: HttpPool) -> dict[str, ProviderAdapter]:
     """One adapter per provider name a ModelSpec may use, sharing the process's HTTP pool."""
-    return {"openai": OpenAIAdapter(pool), "anthropic": AnthropicAdapter(pool)}
+    adapters: list[ProviderAdapter] = [
+        OpenAIAdapter(pool),
+        AnthropicAdapter(pool),
+        GeminiAdapter(pool),
+        OllamaAdapter(pool),
+        AzureOpenAIAdapter(pool),
+        CohereAdapter(pool),
+    ]
+    return {adapter.name: adapter for adapter in adapters}
 
 
 __all__ = [
     "AnthropicAdapter",
+    "AzureOpenAIAdapter",
+    "CohereAdapter",
+    "EmbeddingAdapter",
     "ErrorKind",
+    "GeminiAdapter",
     "HttpPool",
+    "OllamaAdapter",
     "OpenAIAdapter",
     "ProviderAdapter",
     "ProviderError",

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from services.router.chat import ChatDelta, ChatRequest, ChatResult, Message, ToolCall, Usage
-from services.router.providers.base import ErrorKind, HttpAdapter, ProviderError, as_dict
+from services.router.providers.base import ErrorKind, HttpAdapter, ProviderError, as_dict, parse_arguments
 from services.router.registry import ModelSpec
 
 API_VERSION = "2023-06-01"
@@ -24,13 +24,6 @@ def messages_url(endpoint: str) -> str:
     if endpoint.endswith("/v1"):
         return endpoint + "/messages"
     return endpoint + "/v1/messages"
-
-
-def _arguments(text: str) -> Any:
-    try:
-        return json.loads(text) if text else {}
-    except ValueError:
-        return {"_raw": text}
 
 
 def encode_messages(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, Any]]]:
@@ -51,7 +44,7 @@ def encode_messages(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, 
         elif m.tool_calls:
             blocks: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content else []
             blocks.extend(
-                {"type": "tool_use", "id": c.id, "name": c.name, "input": _arguments(c.arguments)}
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": parse_arguments(c.arguments)}
                 for c in m.tool_calls
             )
             out.append({"role": "assistant", "content": blocks})
@@ -241,7 +234,10 @@ class AnthropicAdapter(HttpAdapter):
 
     name = "anthropic"
 
-    url = staticmethod(messages_url)
+    def url(self, spec: ModelSpec, *, stream: bool) -> str:
+        """``{endpoint}/v1/messages``, streamed or not."""
+        return messages_url(spec.endpoint)
+
     body = staticmethod(request_body)
     headers = staticmethod(headers)
     parse = staticmethod(parse_message)

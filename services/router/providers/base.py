@@ -16,7 +16,7 @@ import grpc
 from services.common.errors import OpenClawError
 
 if TYPE_CHECKING:
-    from services.router.chat import ChatDelta, ChatRequest, ChatResult
+    from services.router.chat import ChatDelta, ChatRequest, ChatResult, EmbedRequest, EmbedResult
     from services.router.registry import ModelSpec
 
 ErrorKind = Literal[
@@ -101,8 +101,18 @@ _CONTEXT_MARKERS = (
     "maximum context length",
     "context window",
     "prompt is too long",
+    "exceeds the maximum number of tokens",  # Gemini
+    "too many tokens",  # Cohere
+    "exceeds the context length",  # Ollama
 )
-_POLICY_MARKERS = ("content_policy", "content_filter", "content management policy", "safety system")
+_POLICY_MARKERS = (
+    "content_policy",
+    "content_filter",
+    "content management policy",
+    "safety system",
+    "blocked by safety",  # Cohere
+    "content filtering policy",  # Anthropic
+)
 
 
 def classify(status: int, message: str, *, code: str = "", retry_after: float | None = None) -> ProviderError:
@@ -162,6 +172,16 @@ class ProviderAdapter(Protocol):
         ...
 
 
+class EmbeddingAdapter(Protocol):
+    """A provider that also serves embeddings."""
+
+    name: str
+
+    async def embed(self, spec: ModelSpec, request: EmbedRequest) -> EmbedResult:
+        """One vector per input, in input order."""
+        ...
+
+
 class StreamParser(Protocol):
     """Turns the ``data:`` payloads of one stream into ChatDeltas."""
 
@@ -213,12 +233,13 @@ def as_dict(value: Any) -> dict[str, Any]:
 
 
 def error_text(body: Any, fallback: str) -> tuple[str, str]:
-    """(message, code) from an OpenAI- or Anthropic-shaped error body."""
+    """(message, code) from an error body of any supported format (OpenAI, Anthropic, Gemini, Ollama...)."""
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):
             message = error.get("message")
-            code = error.get("code") or error.get("type") or ""
+            # Gemini's ``code`` is the HTTP status again; its ``status`` names the error.
+            code = error.get("status") or error.get("code") or error.get("type") or ""
             if isinstance(message, str) and message:
                 return message, str(code)
         elif isinstance(error, str) and error:
@@ -256,12 +277,46 @@ async def error_from_response(response: aiohttp.ClientResponse) -> ProviderError
         body = None
     fallback = raw[:300].decode("utf-8", "replace").strip() or (response.reason or "")
     message, code = error_text(body, fallback)
+    retry_after = parse_retry_after(response.headers)
     return classify(
         response.status,
         f"HTTP {response.status}: {message}",
         code=code,
-        retry_after=parse_retry_after(response.headers),
+        retry_after=retry_after if retry_after is not None else retry_info(body),
     )
+
+
+def retry_info(body: Any) -> float | None:
+    """Seconds from a google.rpc.RetryInfo ``retryDelay`` ("37s") in an error's details (Gemini)."""
+    details = as_dict(as_dict(body).get("error")).get("details")
+    for detail in details if isinstance(details, list) else ():
+        delay = as_dict(detail).get("retryDelay")
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                return max(0.0, float(delay[:-1]))
+            except ValueError:
+                return None
+    return None
+
+
+def parse_arguments(text: str) -> Any:
+    """Tool-call arguments as a JSON value for formats that want an object, not text."""
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {"_raw": text}
+
+
+def arguments_text(value: Any) -> str:
+    """Tool-call arguments as JSON text, whatever form the provider gave them in."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value if value is not None else {}, separators=(",", ":"), ensure_ascii=False)
+
+
+def pick(extra: Mapping[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
+    """The pass-through fields a provider understands (others would get the whole request refused)."""
+    return {key: value for key, value in extra.items() if key in allowed}
 
 
 @asynccontextmanager
@@ -303,10 +358,10 @@ async def post_json(
         raise ProviderError("server_error", 200, f"answer is not JSON: {raw[:200]!r}") from None
 
 
-async def sse_stream(
+async def line_stream(
     session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
 ) -> AsyncGenerator[bytes, None]:
-    """POST a JSON body and yield the payload of each SSE ``data:`` line; every failure is a ProviderError.
+    """POST a JSON body and yield each line of the answer as it arrives; every failure is a ProviderError.
 
     Use under ``contextlib.aclosing`` so an abandoned stream releases its connection at once.
     """
@@ -316,26 +371,46 @@ async def sse_stream(
             buffer = buffer + piece if buffer else piece
             start = 0
             while (end := buffer.find(b"\n", start)) >= 0:
-                line = buffer[start:end]
+                yield buffer[start:end].rstrip(b"\r")
                 start = end + 1
-                if line.startswith(b"data:"):
-                    yield line[5:].strip()
             buffer = buffer[start:]
-        if buffer.startswith(b"data:"):
-            yield buffer[5:].strip()
+        if buffer:
+            yield buffer
+
+
+def sse_payload(line: bytes) -> bytes | None:
+    """The payload of an SSE ``data:`` line; None for any other line (events, comments, blanks)."""
+    return line[5:].strip() if line.startswith(b"data:") else None
+
+
+def ndjson_payload(line: bytes) -> bytes | None:
+    """A non-blank line of newline-delimited JSON."""
+    line = line.strip()
+    return line or None
+
+
+def embedding_list(values: Any, where: str) -> list[float]:
+    """A list of numbers from a provider's answer; ProviderError if it is anything else."""
+    if not isinstance(values, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    ):
+        raise ProviderError("server_error", 200, f"{where} is not a list of numbers")
+    return [float(v) for v in values]
 
 
 class HttpAdapter(ABC):
-    """A JSON-over-HTTP adapter, plain and SSE; a subclass names its URL, body, headers and parsers."""
+    """A JSON-over-HTTP adapter, plain and streamed; a subclass names its URL, body, headers and parsers."""
 
     name: str
+    framing: ClassVar[Literal["sse", "ndjson"]] = "sse"
+    """How a streamed answer is framed: Server-Sent Events or newline-delimited JSON."""
 
     def __init__(self, pool: HttpPool) -> None:
         self._pool = pool
 
     @abstractmethod
-    def url(self, endpoint: str) -> str:
-        """The request URL for a model's endpoint."""
+    def url(self, spec: ModelSpec, *, stream: bool) -> str:
+        """The request URL of a plain or a streamed call."""
 
     @abstractmethod
     def body(self, spec: ModelSpec, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
@@ -351,13 +426,13 @@ class HttpAdapter(ABC):
 
     @abstractmethod
     def parser(self) -> StreamParser:
-        """A fresh parser for one SSE stream."""
+        """A fresh parser for one stream."""
 
     async def chat(self, spec: ModelSpec, request: ChatRequest) -> ChatResult:
         """One completion."""
         data = await post_json(
             self._pool.session,
-            self.url(spec.endpoint),
+            self.url(spec, stream=False),
             self.body(spec, request, stream=False),
             self.headers(spec),
             spec.timeout_seconds,
@@ -366,16 +441,20 @@ class HttpAdapter(ABC):
 
     async def stream(self, spec: ModelSpec, request: ChatRequest) -> AsyncGenerator[ChatDelta, None]:
         """Text deltas as they arrive; tool calls, finish reason and usage on the last delta."""
-        events = sse_stream(
+        lines = line_stream(
             self._pool.session,
-            self.url(spec.endpoint),
+            self.url(spec, stream=True),
             self.body(spec, request, stream=True),
             self.headers(spec),
             spec.timeout_seconds,
         )
+        payload_of = sse_payload if self.framing == "sse" else ndjson_payload
         parser = self.parser()
-        async with aclosing(events):
-            async for payload in events:
+        async with aclosing(lines):
+            async for line in lines:
+                payload = payload_of(line)
+                if payload is None:
+                    continue
                 delta = parser.feed(payload)
                 if delta is not None:
                     yield delta

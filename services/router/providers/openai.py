@@ -5,8 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.router.chat import ChatDelta, ChatRequest, ChatResult, Message, ToolCall, Usage
-from services.router.providers.base import HttpAdapter, ProviderError, as_dict
+from services.router.chat import (
+    ChatDelta,
+    ChatRequest,
+    ChatResult,
+    EmbedRequest,
+    EmbedResult,
+    Message,
+    ToolCall,
+    Usage,
+)
+from services.router.providers.base import HttpAdapter, ProviderError, as_dict, embedding_list, post_json
 from services.router.registry import ModelSpec
 
 
@@ -18,6 +27,16 @@ def completions_url(endpoint: str) -> str:
     if endpoint.endswith("/chat"):
         return endpoint + "/completions"
     return endpoint + "/chat/completions"
+
+
+def embeddings_url(endpoint: str) -> str:
+    """The embeddings URL of an endpoint given as a base URL (``.../v1``) or a chat URL."""
+    endpoint = endpoint.rstrip("/")
+    for suffix in ("/chat/completions", "/chat", "/embeddings"):
+        if endpoint.endswith(suffix):
+            endpoint = endpoint[: -len(suffix)]
+            break
+    return endpoint + "/embeddings"
 
 
 def encode_message(message: Message) -> dict[str, Any]:
@@ -210,13 +229,68 @@ class StreamParser:
         )
 
 
+def embed_body(spec: ModelSpec, request: EmbedRequest) -> dict[str, Any]:
+    """The JSON body of an embeddings call."""
+    body: dict[str, Any] = {
+        "model": spec.provider_model,
+        "input": list(request.inputs),
+        "encoding_format": "float",
+    }
+    if request.dimensions:
+        body["dimensions"] = request.dimensions
+    if request.user:
+        body["user"] = request.user
+    return body
+
+
+def parse_embeddings(data: Any, count: int) -> EmbedResult:
+    """An embeddings ``list`` object as an EmbedResult, vectors in input order."""
+    items = as_dict(data).get("data")
+    if not isinstance(items, list) or len(items) != count:
+        raise ProviderError("server_error", 200, f"answer does not hold {count} embeddings")
+    vectors: list[tuple[float, ...] | None] = [None] * count
+    for position, item in enumerate(items):
+        entry = as_dict(item)
+        index = entry.get("index", position)
+        if not isinstance(index, int) or not 0 <= index < count or vectors[index] is not None:
+            raise ProviderError("server_error", 200, f"data[{position}].index is not a fresh input index")
+        vectors[index] = tuple(embedding_list(entry.get("embedding"), f"data[{position}].embedding"))
+    usage = as_dict(as_dict(data).get("usage"))
+    return EmbedResult(
+        model=str(as_dict(data).get("model") or ""),
+        vectors=tuple(v for v in vectors if v is not None),
+        usage=Usage(int(usage.get("prompt_tokens") or 0), 0),
+    )
+
+
 class OpenAIAdapter(HttpAdapter):
-    """Speaks ``POST {endpoint}/chat/completions``, plain and SSE."""
+    """Speaks ``POST {endpoint}/chat/completions`` (plain and SSE) and ``POST {endpoint}/embeddings``."""
 
     name = "openai"
 
-    url = staticmethod(completions_url)
     body = staticmethod(request_body)
-    headers = staticmethod(headers)
     parse = staticmethod(parse_completion)
     parser = StreamParser
+
+    def url(self, spec: ModelSpec, *, stream: bool) -> str:
+        """``{endpoint}/chat/completions``, streamed or not."""
+        return completions_url(spec.endpoint)
+
+    def embeddings_url(self, spec: ModelSpec) -> str:
+        """``{endpoint}/embeddings``."""
+        return embeddings_url(spec.endpoint)
+
+    def headers(self, spec: ModelSpec) -> dict[str, str]:
+        """JSON, and a Bearer key when the model has one."""
+        return headers(spec)
+
+    async def embed(self, spec: ModelSpec, request: EmbedRequest) -> EmbedResult:
+        """One vector per input."""
+        data = await post_json(
+            self._pool.session,
+            self.embeddings_url(spec),
+            embed_body(spec, request),
+            self.headers(spec),
+            spec.timeout_seconds,
+        )
+        return parse_embeddings(data, len(request.inputs))
