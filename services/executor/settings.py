@@ -19,7 +19,7 @@ def _env(name: str, *also: str) -> str | AliasChoices:
     return AliasChoices(primary, *also) if also else primary
 
 
-_SCOPE_KEYS = ("tenants", "hosts", "buckets")
+_SCOPE_KEYS = ("tenants", "hosts", "buckets", "prefixes")
 
 
 def _scope_list(name: str, key: str, raw: Any) -> str:
@@ -72,8 +72,9 @@ class ExecutorSettings(CommonSettings):
     """Named credential sets that steps refer to with ``auth``, as JSON:
     ``{"aws_credentials": {"aws_access_key_id": ..., "aws_secret_access_key": ..., "endpoint_url": ...,
     "region_name": ..., "buckets": ["reports"]}, "api": {"bearer_token": ..., "tenants": ["acme"],
-    "hosts": ["api.example.com"]}}``. ``tenants``, ``hosts`` and ``buckets`` limit who may use a set and where
-    it may be sent (omitted: no limit); they are kept as comma-separated strings."""
+    "hosts": ["api.example.com"]}}``. ``tenants``, ``hosts``, ``buckets`` and ``prefixes`` (of S3 object keys)
+    limit who may use a set and where it may be sent (omitted: no limit); they are kept as comma-separated
+    strings."""
     http_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, validation_alias=_env("http_max_bytes"))
     """Largest HTTP response or download an operation accepts."""
     http_timeout_s: float = Field(default=30.0, gt=0, le=600, validation_alias=_env("http_timeout_s"))

@@ -9,26 +9,34 @@ from functools import lru_cache
 
 from services.executor.ops import (
     archives,
+    contents,
     data,
     dates,
     encoding,
     files,
+    filesystem,
     formats,
     http,
     kv,
+    listing,
     lists,
     llm,
     maths,
     messaging,
     objects,
     sql,
+    tarballs,
     text,
 )
 from services.executor.ops.base import Catalogue, Operation, Params, operation
 
 _CATEGORIES = (
     files,
+    listing,
+    filesystem,
+    contents,
     archives,
+    tarballs,
     objects,
     http,
     llm,

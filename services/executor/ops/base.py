@@ -15,12 +15,19 @@ P = TypeVar("P", bound=BaseModel)
 
 
 def scoped_credential(
-    ctx: OpContext, name: str, *, host: str | None = None, bucket: str | None = None
+    ctx: OpContext,
+    name: str,
+    *,
+    host: str | None = None,
+    bucket: str | None = None,
+    key: str | None = None,
+    param: str = "key",
 ) -> Mapping[str, str]:
-    """The named credential set, if this step's tenant may use it for this host or bucket.
+    """The named credential set, if this step's tenant may use it for this host, bucket or object key.
 
-    A set's optional ``tenants``, ``hosts`` and ``buckets`` (comma-separated, see the executor's settings)
-    limit it; a key that is absent means no limit. Errors name the set and the refused use, never a secret.
+    A set's optional ``tenants``, ``hosts``, ``buckets`` and ``prefixes`` (of object keys; comma-separated,
+    see the executor's settings) limit it; a key that is absent means no limit. Errors name the set and the
+    refused use, never a secret.
     """
     credential = ctx.services.credential(name)
     tenants = _scope(credential, "tenants")
@@ -39,6 +46,13 @@ def scoped_credential(
     if bucket is not None and buckets is not None and bucket not in buckets:
         raise PermissionDeniedError(
             f"auth: credential set {name!r} may not be used for bucket {bucket!r}", auth=name, bucket=bucket
+        )
+    prefixes = _scope(credential, "prefixes")
+    if key is not None and prefixes is not None and not key.startswith(tuple(prefixes)):
+        raise PermissionDeniedError(
+            f"{param}: credential set {name!r} may only be used for keys under {sorted(prefixes)}, not {key!r}",
+            auth=name,
+            param=param,
         )
     return credential
 

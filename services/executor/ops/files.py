@@ -1,8 +1,7 @@
-"""File operations, confined to the tenant's storage root: read, write, and download from http(s) or S3.
+"""File operations on the tenant's storage: read, write, and download from http(s) or S3.
 
-Every path is relative to ``storage_root/<tenant>/``. Absolute paths and ``..`` are refused outright;
-the joined path is then resolved (following symlinks) and must still lie inside the root, and files
-are opened with O_NOFOLLOW so a symlink swapped in after the check is not followed either.
+Paths are confined to ``storage_root/<tenant>/`` by services.executor.ops.paths; S3 calls go through
+services.executor.ops.s3.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import errno
 import hashlib
 import json
 import mimetypes
@@ -18,74 +16,27 @@ import os
 import posixpath
 import uuid
 from collections.abc import Mapping
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator
 
 from services.common.errors import (
     InvalidInputError,
-    NotFoundError,
-    OpenClawError,
     PayloadTooLargeError,
-    PermissionDeniedError,
-    UnavailableError,
 )
 from services.executor.context import OpContext
 from services.executor.expressions import OPEN
+from services.executor.ops import s3
 from services.executor.ops.base import Params, operation, scoped_credential
 from services.executor.ops.http import auth_headers, is_textual, status_error
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+from services.executor.ops.paths import open_confined, relative_name, resolve_path
 
 TEXT_PREVIEW_BYTES = 64 * 1024
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 _CHUNK = 256 * 1024
 _TEXT_SUFFIXES = {".csv", ".tsv", ".txt", ".md", ".json", ".jsonl", ".yaml", ".yml", ".xml", ".html", ".log"}
-
-
-def resolve_path(root: Path, relative: str) -> Path:
-    """The absolute path of ``relative`` inside ``root``; refuses anything that would leave it."""
-    if not isinstance(relative, str) or not relative.strip():
-        raise InvalidInputError("path: must be a non-empty relative path")
-    if "\x00" in relative:
-        raise InvalidInputError("path: must not contain NUL")
-    pure = PurePosixPath(relative)
-    if pure.is_absolute() or relative.startswith(("~", "\\")) or (len(relative) > 1 and relative[1] == ":"):
-        raise InvalidInputError(f"path: {relative!r} is absolute; paths are relative to the tenant's storage")
-    if ".." in pure.parts or ".." in relative.split("\\"):
-        raise InvalidInputError(f"path: {relative!r} contains '..'; paths cannot leave the tenant's storage")
-    real_root = root.resolve()
-    target = (real_root / pure).resolve()
-    if target != real_root and not target.is_relative_to(real_root):
-        raise PermissionDeniedError(
-            f"path: {relative!r} leads outside the tenant's storage (through a symlink)"
-        )
-    if target == real_root:
-        raise InvalidInputError(f"path: {relative!r} names the storage root, not a file")
-    return target
-
-
-def _relative(root: Path, target: Path) -> str:
-    return target.relative_to(root.resolve()).as_posix()
-
-
-def _open_confined(path: Path, flags: int, mode: int = 0o640) -> int:
-    try:
-        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"path: no such file {path.name!r}") from exc
-    except IsADirectoryError as exc:
-        raise InvalidInputError(f"path: {path.name!r} is a directory") from exc
-    except FileExistsError as exc:
-        raise InvalidInputError(f"path: {path.name!r} already exists (mode 'create')") from exc
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # the last component became a symlink after the check
-            raise PermissionDeniedError(f"path: {path.name!r} is a symlink") from exc
-        raise
 
 
 def text_preview(data: bytes, content_type: str = "", name: str = "") -> tuple[str | None, bool]:
@@ -119,7 +70,7 @@ class FileReadParams(Params):
 def _read(root: Path, relative: str, max_bytes: int, fmt: str) -> dict[str, Any]:
     """The whole of file_read, off the event loop: read, hash, decode, parse."""
     target = resolve_path(root, relative)
-    fd = _open_confined(target, os.O_RDONLY)
+    fd = open_confined(target, os.O_RDONLY)
     with os.fdopen(fd, "rb") as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -128,7 +79,7 @@ def _read(root: Path, relative: str, max_bytes: int, fmt: str) -> dict[str, Any]
             "(a step's output limit, OPENCLAW_EXECUTOR_MAX_OUTPUT_BYTES)",
             limit=max_bytes,
         )
-    rel = _relative(root, target)
+    rel = relative_name(root, target)
     content: Any
     if fmt == "base64":
         content = base64.b64encode(data).decode()
@@ -177,7 +128,8 @@ class FileWriteParams(Params):
         return value
 
 
-def _encode(p: FileWriteParams) -> bytes:
+def encode_content(p: FileWriteParams) -> bytes:
+    """The bytes file_write writes: JSON text, base64-decoded bytes or UTF-8 text."""
     if p.format == "json":
         return json.dumps(p.content, ensure_ascii=False, indent=2).encode()
     if not isinstance(p.content, str):
@@ -198,17 +150,17 @@ def _write(root: Path, relative: str, data: bytes, mode: str) -> str:
     target = resolve_path(root, relative)
     flags = os.O_WRONLY | os.O_CREAT
     flags |= {"overwrite": os.O_TRUNC, "append": os.O_APPEND, "create": os.O_EXCL}[mode]
-    fd = _open_confined(target, flags)
+    fd = open_confined(target, flags)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    return _relative(root, target)
+    return relative_name(root, target)
 
 
 @operation("file_write", category="files", params=FileWriteParams)
 async def file_write(p: FileWriteParams, ctx: OpContext) -> dict[str, Any]:
     """Write text, JSON or base64-decoded bytes to a file in the tenant's storage; returns path, size and
     sha256 of what was written."""
-    data = _encode(p)
+    data = encode_content(p)
     rel = await asyncio.to_thread(_write, ctx.tenant_root, p.path, data, p.mode)
     return {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
@@ -241,7 +193,7 @@ def default_name(url: str) -> str:
     return name
 
 
-class _Sink:
+class Sink:
     """A temporary file beside the target, renamed into place when complete; hashes as it goes."""
 
     def __init__(self, root: Path, relative: str, limit: int) -> None:
@@ -250,7 +202,7 @@ class _Sink:
         self.target = resolve_path(root, relative)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.temp = self.target.with_name(f".{self.target.name}.{uuid.uuid4().hex[:8]}.part")
-        self._fd = _open_confined(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        self._fd = open_confined(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         self.size = 0
         self.sha = hashlib.sha256()
         self.head = bytearray()
@@ -270,7 +222,7 @@ class _Sink:
         self._fd = -1
         target = resolve_path(self.root, self.relative)
         os.replace(self.temp, target)  # replaces a symlink itself, never its target
-        return _relative(self.root, target)
+        return relative_name(self.root, target)
 
     def abort(self) -> None:
         if self._fd >= 0:
@@ -288,7 +240,7 @@ async def file_download(p: FileDownloadParams, ctx: OpContext) -> dict[str, Any]
     http = ctx.services.require_http() if scheme != "s3" else ctx.services.http
     cap = http.max_bytes if http is not None else DEFAULT_MAX_BYTES
     limit = min(p.max_bytes or cap, cap)
-    sink = await asyncio.to_thread(_Sink, ctx.tenant_root, relative, limit)
+    sink = await asyncio.to_thread(Sink, ctx.tenant_root, relative, limit)
     try:
         if scheme == "s3":
             content_type = await _s3_download(p, ctx, sink)
@@ -315,7 +267,7 @@ async def file_download(p: FileDownloadParams, ctx: OpContext) -> dict[str, Any]
     return out
 
 
-async def _http_download(p: FileDownloadParams, ctx: OpContext, sink: _Sink) -> str:
+async def _http_download(p: FileDownloadParams, ctx: OpContext, sink: Sink) -> str:
     client = ctx.services.require_http()
     credential = scoped_credential(ctx, p.auth, host=urlsplit(p.url).hostname) if p.auth else None
     headers = auth_headers(credential) if credential is not None else {}
@@ -333,61 +285,12 @@ async def _http_download(p: FileDownloadParams, ctx: OpContext, sink: _Sink) -> 
 
 # -- S3 -----------------------------------------------------------------------------------------------
 
-_S3_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "endpoint_url", "region_name")
+
+def _s3_get(credential: Mapping[str, str], bucket: str, key: str, sink: Sink, timeout_s: float) -> str:
+    return s3.get_into(credential, bucket, key, sink, timeout_s)
 
 
-@lru_cache(maxsize=32)
-def _s3_client(items: tuple[tuple[str, str], ...], timeout_s: float) -> S3Client:
-    import boto3  # heavy: imported only when an S3 step runs
-    from botocore.config import Config
-
-    kwargs = {k: v for k, v in items if k in _S3_KEYS}
-    config = Config(
-        connect_timeout=5,
-        read_timeout=timeout_s,
-        retries={"max_attempts": 2, "mode": "standard"},
-        signature_version="s3v4",
-    )
-    client: S3Client = boto3.session.Session().client("s3", config=config, **kwargs)  # type: ignore[call-overload]
-    return client
-
-
-def _s3_get(credential: Mapping[str, str], bucket: str, key: str, sink: _Sink, timeout_s: float) -> str:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    client = _s3_client(tuple(sorted(credential.items())), timeout_s)
-    try:
-        obj = client.get_object(Bucket=bucket, Key=key)
-        length = int(obj.get("ContentLength") or 0)
-        if length > sink.limit:
-            raise PayloadTooLargeError(f"s3://{bucket}/{key} is {length} bytes; the limit is {sink.limit}")
-        body = obj["Body"]
-        try:
-            for chunk in body.iter_chunks(_CHUNK):
-                sink.write(chunk)
-        finally:
-            body.close()
-        return str(obj.get("ContentType") or "")
-    except ClientError as exc:
-        raise _s3_error(exc, bucket, key) from exc
-    except BotoCoreError as exc:
-        raise UnavailableError(f"s3://{bucket}/{key}: {exc}") from exc
-
-
-def _s3_error(exc: Any, bucket: str, key: str) -> OpenClawError:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    where = f"s3://{bucket}/{key}"
-    if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
-        return NotFoundError(f"{where}: {code}")
-    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
-        return PermissionDeniedError(f"{where}: {code}")
-    if status == 429 or status >= 500 or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable"):
-        return UnavailableError(f"{where}: {code or status}")
-    return InvalidInputError(f"{where}: {code or status}")
-
-
-async def _s3_download(p: FileDownloadParams, ctx: OpContext, sink: _Sink) -> str:
+async def _s3_download(p: FileDownloadParams, ctx: OpContext, sink: Sink) -> str:
     parts = urlsplit(p.url)
     bucket, key = parts.netloc, parts.path.lstrip("/")
     if not bucket or not key:
@@ -396,21 +299,10 @@ async def _s3_download(p: FileDownloadParams, ctx: OpContext, sink: _Sink) -> st
         raise InvalidInputError(
             "auth: s3:// downloads need a credential set (auth) from the executor's settings"
         )
-    credential = scoped_credential(ctx, p.auth, bucket=bucket)
-    endpoint = urlsplit(credential.get("endpoint_url", "")).hostname or "s3.amazonaws.com"
-    http = ctx.services.http
-    hop = http.hop(endpoint) if http is not None else None
-    timeout = p.timeout_s or (http.timeout_s if http is not None else 30.0)
-
-    async def fetch() -> str:
-        if http is None:  # no shared client (tools, tests): no pool to protect either
-            return await asyncio.to_thread(_s3_get, credential, bucket, key, sink, timeout)
-        return await http.run_s3(_s3_get, credential, bucket, key, sink, timeout)
-
-    if hop is None:
-        return await fetch()
-    async with hop.guard("S3 GetObject", **{"rpc.system": "aws-api", "aws.s3.bucket": bucket}):
-        return await fetch()
+    credential = s3.credential_for(ctx, p.auth, bucket, key, param="url")
+    timeout = s3.timeout_for(ctx, p.timeout_s)
+    get = s3.guarded(_s3_get, bucket, key)
+    return await s3.run(ctx, credential, "S3 GetObject", bucket, get, credential, bucket, key, sink, timeout)
 
 
 OPERATIONS = (file_read, file_write, file_download)
