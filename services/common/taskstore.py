@@ -16,7 +16,7 @@ from services.common.envelope import now_ms
 from services.common.errors import InvalidInputError, UnavailableError
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-STATUSES = frozenset({"queued", "running", "retrying", *TERMINAL})
+STATUSES = frozenset({"queued", "running", "retrying", "waiting", *TERMINAL})
 _TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -44,14 +44,14 @@ end
 return {1, cur}
 """
 
-# Cancels a queued task at once (with its "done" entry; every key of it expires, as for any ended task),
-# flags a running one; ended tasks are left alone.
+# Cancels a queued, retrying or parked ("waiting") task at once (with its "done" entry; every key of it
+# expires, as for any ended task), flags a running one; ended tasks are left alone.
 _CANCEL = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return '' end
 if cur == 'succeeded' or cur == 'failed' or cur == 'cancelled' then return cur end
 redis.call('HSET', KEYS[1], 'cancel', '1', 'updated_ms', ARGV[1])
-if cur == 'queued' or cur == 'retrying' then
+if cur == 'queued' or cur == 'retrying' or cur == 'waiting' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'error', ARGV[3])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[2])
   redis.call('XADD', KEYS[3], '*', 'status', 'cancelled')
@@ -255,6 +255,11 @@ def _event(task_id: str, type_: str, **fields: Any) -> str:
     return json.dumps(body, default=str, separators=(",", ":"))
 
 
+def event_json(task_id: str, type_: str, **fields: Any) -> str:
+    """An event body as stored in a task's stream (for scripts beside the task store's own)."""
+    return _event(task_id, type_, **fields)
+
+
 def _checkpoint_args(task_id: str, step_id: str, state: dict[str, Any]) -> tuple[str, str]:
     """(stored state, event) of a step checkpoint."""
     status = state.get("status")
@@ -281,6 +286,22 @@ class TaskStore:
 
     def _key(self, tenant: str, task_id: str) -> str:
         return f"{self._ns}:{check_tenant(tenant)}:task:{check_task_id(task_id)}"
+
+    def task_key(self, tenant: str, task_id: str) -> str:
+        """The task's Redis hash (its events, steps and done stream are this plus ``:events`` and so on)."""
+        return self._key(tenant, task_id)
+
+    @property
+    def namespace(self) -> str:
+        return self._ns
+
+    @property
+    def redis(self) -> Redis:
+        return self._redis
+
+    @property
+    def result_ttl_s(self) -> int:
+        return self._ttl
 
     def _keys(self, tenant: str, task_id: str) -> tuple[str, str, str]:
         base = self._key(tenant, task_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -77,7 +77,11 @@ class OpContext:
 
 @dataclass
 class RunState:
-    """The data expressions read: step outputs so far, inputs, the workflow and the task."""
+    """The data expressions read in one frame of a run: outputs so far, inputs, the workflow and the task.
+
+    A foreach item, a catch and a called workflow each run in a child frame (``child``): its own copy of
+    the outputs, its locals (``item``, ``index``, ``error``) and its checkpoint-key prefix.
+    """
 
     workflow: Workflow
     task_id: str
@@ -85,17 +89,43 @@ class RunState:
     attempt: int
     inputs: dict[str, Any]
     outputs: dict[str, Any] = field(default_factory=dict)
+    locals: dict[str, Any] = field(default_factory=dict)
+    # Prepended to step ids to make checkpoint keys: "each[2]." in a foreach item, "call." in a called workflow.
+    key_prefix: str = ""
 
-    def scope(self, before_index: int | None = None) -> dict[str, Any]:
-        """Names visible to expressions of the step at before_index (None: after the last step)."""
-        steps = self.workflow.steps if before_index is None else self.workflow.steps[:before_index]
-        done = {s.id: {"output": self.outputs[s.id]} for s in steps if s.id in self.outputs}
+    def key(self, step_id: str) -> str:
+        """The checkpoint key of a step in this frame."""
+        return self.key_prefix + step_id
+
+    def child(self, prefix: str = "", **locals: Any) -> RunState:
+        """A frame inside this one (a foreach item, a catch): sees what this one sees, plus ``locals``."""
+        return replace(
+            self,
+            outputs=dict(self.outputs),
+            locals={**self.locals, **locals},
+            key_prefix=self.key_prefix + prefix,
+        )
+
+    def called(self, workflow: Workflow, inputs: dict[str, Any], prefix: str) -> RunState:
+        """The frame of a called workflow: its own inputs and outputs, nothing of the caller's."""
+        return RunState(
+            workflow=workflow,
+            task_id=self.task_id,
+            tenant=self.tenant,
+            attempt=self.attempt,
+            inputs=inputs,
+            key_prefix=self.key_prefix + prefix,
+        )
+
+    def scope(self, prev: str | None = None) -> dict[str, Any]:
+        """Names visible to expressions; ``prev`` is the id of the step before in the same sequence."""
         scope: dict[str, Any] = {
-            "steps": done,
+            "steps": {sid: {"output": out} for sid, out in self.outputs.items()},
             "inputs": self.inputs,
             "workflow": {"name": self.workflow.name},
             "task": {"id": self.task_id, "tenant": self.tenant, "attempt": self.attempt},
+            **self.locals,
         }
-        if steps and steps[-1].id in self.outputs:
-            scope["prev"] = {"output": self.outputs[steps[-1].id]}
+        if prev is not None and prev in self.outputs:
+            scope["prev"] = {"output": self.outputs[prev]}
         return scope

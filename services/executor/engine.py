@@ -3,36 +3,59 @@
 The engine knows nothing of RabbitMQ or Redis: it reads and writes progress through a ``Journal``
 (the worker provides one backed by the task store), so resuming, cancellation and step events are
 the journal's business and the engine stays testable on its own.
+
+Every step, nested ones included, is checkpointed under a key: its id, prefixed in a foreach item
+(``each[2].fetch``) or a called workflow (``call.step1``), so a redelivered task skips every step that
+already finished, at any depth. Control steps (foreach, parallel, workflow) are in ``flow.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import functools
 import json
 import logging
 import time
-from typing import Any, Protocol
+from collections.abc import Awaitable
+from typing import Any, Protocol, cast
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Histogram
 from pydantic import ValidationError
 
-from services.common.errors import InvalidInputError, OpenClawError, PayloadTooLargeError
+from services.common.errors import InvalidInputError, OpenClawError, PayloadTooLargeError, TimeoutError_
 from services.executor import expressions, metrics
 from services.executor.context import OpContext, OpServices, RunState
-from services.executor.dsl import Step, Workflow, params_error
 from services.executor.expressions import ExpressionError
+from services.executor.failures import StepFailed, WorkflowCancelled, WorkflowParked
+from services.executor.flow import Flow
+from services.executor.model import Step, Workflow
 from services.executor.ops.base import Catalogue
+from services.executor.params import params_error
+
+__all__ = [
+    "Engine",
+    "Journal",
+    "OutcomeJournal",
+    "Run",
+    "StepFailed",
+    "WaitJournal",
+    "WorkflowCancelled",
+    "WorkflowParked",
+]
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("openclaw.executor")
 
 
 class Journal(Protocol):
-    """Where a run's progress is kept (the task store, for the worker)."""
+    """Where a run's progress is kept (the task store, for the worker). Steps come keyed: ``step.id`` is
+    the checkpoint key."""
 
     async def completed_steps(self) -> dict[str, Any]:
-        """Outputs of steps that already succeeded in an earlier delivery, by step id."""
+        """Outputs of steps that already finished in an earlier delivery, by checkpoint key."""
         ...
 
     async def step_started(self, step: Step) -> None: ...
@@ -46,32 +69,31 @@ class Journal(Protocol):
     async def cancel_requested(self) -> bool: ...
 
 
-class StepFailed(Exception):
-    """A step failed; carries the step and the error (whose ``retryable`` decides what happens next)."""
+class OutcomeJournal(Protocol):
+    """A journal that also records how a step finished when it did not simply succeed."""
 
-    def __init__(self, step: Step, error: OpenClawError) -> None:
-        super().__init__(f"{step.label()} failed: {error.message}")
-        self.step = step
-        self.error = error
-
-    @property
-    def retryable(self) -> bool:
-        return self.error.retryable
-
-    def record(self) -> dict[str, Any]:
-        """The task's error record: the error's wire form plus which step failed."""
-        out = self.error.to_dict()
-        out["step_id"] = self.step.id
-        out["step_type"] = self.step.type
-        return out
+    async def step_finished(
+        self, step: Step, output: Any, duration_ms: float, *, status: str, error: dict[str, Any] | None
+    ) -> None:
+        """Checkpoint with a status: "succeeded", "skipped" (``when`` was false) or "recovered" (failed,
+        then caught or continued); each counts as completed on resume."""
+        ...
 
 
-class WorkflowCancelled(Exception):
-    """Cancellation was requested; the step named did not start."""
+class WaitJournal(Protocol):
+    """A journal that can hold a wait across deliveries: when it started, and the signals received."""
 
-    def __init__(self, next_step: Step) -> None:
-        super().__init__(f"cancelled before {next_step.label()}")
-        self.next_step = next_step
+    async def wait_state(self, key: str) -> dict[str, Any] | None:
+        """The recorded start of the wait step under ``key`` (``{"until_ms": ...}``), if it started before."""
+        ...
+
+    async def wait_started(self, step: Step, until_ms: int | None) -> None:
+        """Record that the wait began and until when (durably, so a later delivery waits for the same time)."""
+        ...
+
+    async def signal(self, name: str) -> tuple[bool, Any]:
+        """Whether the task received the named signal, and its payload."""
+        ...
 
 
 class Engine:
@@ -90,75 +112,11 @@ class Engine:
 
         Raises StepFailed or WorkflowCancelled; anything else is a bug or an infrastructure error.
         """
-        done = await journal.completed_steps()
-        for step in workflow.steps:
-            if step.id in done:
-                state.outputs[step.id] = done[step.id]
-                continue
-            if await journal.cancel_requested():
-                raise WorkflowCancelled(step)
-            state.outputs[step.id] = await self._run_step(step, state, journal)
-        return self._outputs(workflow, state)
+        run = Run(self, journal, await journal.completed_steps())
+        last = await run.sequence(workflow.steps, state)
+        return run.outputs(workflow, state, last)
 
-    def _outputs(self, workflow: Workflow, state: RunState) -> Any:
-        if workflow.outputs is None:
-            return state.outputs[workflow.steps[-1].id]
-        last = workflow.steps[-1]
-        try:
-            return expressions.resolve(workflow.outputs, state.scope())
-        except ExpressionError as exc:
-            raise StepFailed(last, InvalidInputError(f"outputs: {exc.message}")) from exc
-
-    async def _run_step(self, step: Step, state: RunState, journal: Journal) -> Any:
-        op = self.catalogue.get(step.type)
-        await journal.step_started(step)
-        start = time.perf_counter()
-        with _tracer.start_as_current_span(
-            f"step {step.id}", attributes={"openclaw.step.id": step.id, "openclaw.step.type": step.type}
-        ) as span:
-            try:
-                if op is None:
-                    raise InvalidInputError(f"{step.path}.type: unknown step type {step.type!r}")
-                scope = state.scope(step.index)
-                try:
-                    raw = expressions.resolve(step.params, scope)
-                except ExpressionError as exc:
-                    raise InvalidInputError(
-                        f"{step.label()}: {step.path}.params: {exc.message}", step_id=step.id
-                    ) from exc
-                try:
-                    params = op.params.model_validate(raw)
-                except ValidationError as exc:
-                    raise params_error(step, exc) from exc
-                ctx = OpContext(
-                    tenant=state.tenant,
-                    task_id=state.task_id,
-                    step_id=step.id,
-                    services=self.services,
-                    attempt=state.attempt,
-                    workflow_name=state.workflow.name,
-                    prev_output=scope.get("prev", {}).get("output"),
-                    has_prev="prev" in scope,
-                )
-                output = self._checked_output(step, await op.run(params, ctx))
-            except OpenClawError as exc:
-                await self._failed(step, exc, start, journal, span)
-                raise StepFailed(step, exc) from exc
-            except Exception as exc:
-                # An operation bug must fail the task, not the worker; retrying would not fix it.
-                log.exception("operation %s raised unexpectedly", step.type, extra={"step_id": step.id})
-                err = OpenClawError(f"{step.type} failed unexpectedly: {type(exc).__name__}: {exc}")
-                await self._failed(step, err, start, journal, span)
-                raise StepFailed(step, err) from exc
-        duration = time.perf_counter() - start
-        seconds = self._step_seconds.get(step.type)
-        if seconds is None:  # one child per operation, looked up once (labels() takes a lock)
-            seconds = self._step_seconds[step.type] = metrics.STEP_DURATION.labels(step.type, "succeeded")
-        seconds.observe(duration)
-        await journal.step_succeeded(step, output, duration * 1000)
-        return output
-
-    def _checked_output(self, step: Step, output: Any) -> Any:
+    def checked_output(self, step: Step, output: Any) -> Any:
         """A plain-JSON copy of the output (so a resumed run sees exactly what a fresh one did), bounded."""
         try:
             text = json.dumps(output, ensure_ascii=False, allow_nan=False)
@@ -170,12 +128,221 @@ class Engine:
             )
         return json.loads(text)
 
-    async def _failed(
-        self, step: Step, error: OpenClawError, start: float, journal: Journal, span: trace.Span
+    def observe(self, step_type: str, seconds: float) -> None:
+        histogram = self._step_seconds.get(step_type)
+        if histogram is None:  # one child per operation, looked up once (labels() takes a lock)
+            histogram = self._step_seconds[step_type] = metrics.STEP_DURATION.labels(step_type, "succeeded")
+        histogram.observe(seconds)
+
+
+class Run:
+    """One delivery's run of a task: what is already done, and how each step is run and recorded."""
+
+    def __init__(self, engine: Engine, journal: Journal, done: dict[str, Any]) -> None:
+        self.engine = engine
+        self.journal = journal
+        self.done = done
+        self.flow = Flow(self)
+        records_outcomes, holds_waits = _abilities(type(journal))
+        self._outcomes = cast(OutcomeJournal, journal) if records_outcomes else None
+        self.waits = cast(WaitJournal, journal) if holds_waits else None
+
+    async def sequence(self, steps: tuple[Step, ...], state: RunState) -> Any:
+        """Run a sequence in a frame; returns the last step's output."""
+        prev: str | None = None
+        for step in steps:
+            key = state.key(step.id)
+            if key in self.done:
+                state.outputs[step.id] = self.done[key]
+            else:
+                keyed = step if key == step.id else dataclasses.replace(step, id=key)
+                if await self.journal.cancel_requested():
+                    raise WorkflowCancelled(keyed)
+                state.outputs[step.id] = await self.step(step, keyed, state, prev)
+            # After the join, a parallel step's branch steps are visible (null if they never ran).
+            for branch in step.branches:
+                self.expose(branch, state)
+            prev = step.id
+        return state.outputs[steps[-1].id] if steps else None
+
+    def expose(self, steps: tuple[Step, ...], state: RunState) -> None:
+        """Make a joined branch's step outputs visible: as run now, as checkpointed before, or null."""
+        for step in steps:
+            if step.id not in state.outputs:
+                state.outputs[step.id] = self.done.get(state.key(step.id))
+            for branch in step.branches:
+                self.expose(branch, state)
+
+    async def step(self, step: Step, keyed: Step, state: RunState, prev: str | None) -> Any:
+        """Run one step (keyed: the step under its checkpoint key) and checkpoint how it ended."""
+        scope = state.scope(prev)
+        if step.when is not None:
+            try:
+                condition = self.resolve(keyed, step.when, scope, "when")
+            except OpenClawError as exc:
+                await self.journal.step_failed(keyed, _record(keyed, exc), 0.0)
+                raise StepFailed(keyed, exc) from exc
+            if not expressions.truthy(condition):
+                await self.finished(keyed, None, 0.0, status="skipped")
+                return None
+        await self.journal.step_started(keyed)
+        start = time.perf_counter()
+        try:
+            output = await self.execute(step, keyed, state, scope)
+        except StepFailed as exc:
+            if not (step.catch or step.continue_on_error):
+                raise
+            error = exc.record()
+            if step.catch:
+                output = await self.sequence(step.catch, state.child(error=error))
+            else:
+                output = {"error": error}
+            await self.finished(keyed, output, _ms(start), status="recovered", error=error)
+            return output
+        await self.finished(keyed, output, _ms(start), status="succeeded")
+        return output
+
+    async def execute(self, step: Step, keyed: Step, state: RunState, scope: dict[str, Any]) -> Any:
+        if step.type == "foreach":
+            return await self.contained(keyed, self.flow.foreach(step, keyed, state, scope))
+        if step.type == "parallel":
+            return await self.contained(keyed, self.flow.parallel(step, state))
+        if step.type == "workflow":
+            return await self.contained(keyed, self.flow.call(step, keyed, state, scope))
+        if step.type == "wait":
+            return await self.contained(keyed, self.flow.wait(step, keyed, scope))
+        return await self.operation(step, keyed, state, scope)
+
+    async def contained(self, keyed: Step, work: Awaitable[Any]) -> Any:
+        """A control step's result, bounded like an operation's; its failure is recorded under its key too."""
+        start = time.perf_counter()
+        try:
+            return self.engine.checked_output(keyed, await work)
+        except StepFailed as exc:
+            await self.journal.step_failed(keyed, exc.record(), _ms(start))
+            raise
+        except OpenClawError as exc:
+            await self.journal.step_failed(keyed, _record(keyed, exc), _ms(start))
+            raise StepFailed(keyed, exc) from exc
+
+    async def operation(self, step: Step, keyed: Step, state: RunState, scope: dict[str, Any]) -> Any:
+        """An operation step, with its in-process retries."""
+        policy = step.retry
+        failures = 0
+        while True:
+            start = time.perf_counter()
+            with _tracer.start_as_current_span(
+                f"step {keyed.id}", attributes={"openclaw.step.id": keyed.id, "openclaw.step.type": step.type}
+            ) as span:
+                try:
+                    output = await self.attempt(step, keyed, state, scope)
+                except OpenClawError as exc:
+                    error = exc
+                except Exception as exc:
+                    # An operation bug must fail the task, not the worker; retrying would not fix it.
+                    log.exception("operation %s raised unexpectedly", step.type, extra={"step_id": keyed.id})
+                    error = OpenClawError(f"{step.type} failed unexpectedly: {type(exc).__name__}: {exc}")
+                else:
+                    self.engine.observe(step.type, time.perf_counter() - start)
+                    return output
+                failures += 1
+                metrics.STEP_DURATION.labels(step.type, "failed").observe(time.perf_counter() - start)
+                span.set_status(Status(StatusCode.ERROR, error.message))
+            if (
+                policy is not None
+                and failures < policy.attempts
+                and policy.applies(error.code, error.retryable)
+            ):
+                await asyncio.sleep(policy.delay_s(failures))
+                continue
+            record = _record(keyed, error)
+            if policy is not None:
+                record["tries"] = failures
+            await self.journal.step_failed(keyed, record, _ms(start))
+            raise StepFailed(keyed, error)
+
+    async def attempt(self, step: Step, keyed: Step, state: RunState, scope: dict[str, Any]) -> Any:
+        op = self.engine.catalogue.get(step.type)
+        if op is None:
+            raise InvalidInputError(f"{step.path}.type: unknown step type {step.type!r}")
+        raw = self.resolve(keyed, step.params, scope, "params")
+        try:
+            params = op.params.model_validate(raw)
+        except ValidationError as exc:
+            raise params_error(keyed, exc) from exc
+        ctx = OpContext(
+            tenant=state.tenant,
+            task_id=state.task_id,
+            step_id=keyed.id,
+            services=self.engine.services,
+            attempt=state.attempt,
+            workflow_name=state.workflow.name,
+            prev_output=scope.get("prev", {}).get("output"),
+            has_prev="prev" in scope,
+        )
+        if step.timeout_s is None:
+            return self.engine.checked_output(keyed, await op.run(params, ctx))
+        try:
+            async with asyncio.timeout(step.timeout_s) as deadline:
+                output = await op.run(params, ctx)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise TimeoutError_(
+                f"{keyed.label()}: did not finish within its timeout of {step.timeout_s:g} s",
+                timeout_s=step.timeout_s,
+            ) from None
+        return self.engine.checked_output(keyed, output)
+
+    def resolve(self, keyed: Step, value: Any, scope: dict[str, Any], field: str) -> Any:
+        """A step field with its expressions resolved; StepFailed naming the step and field if one fails."""
+        try:
+            return expressions.resolve(value, scope)
+        except ExpressionError as exc:
+            raise InvalidInputError(
+                f"{keyed.label()}: {keyed.path}.{field}: {exc.message}", step_id=keyed.id
+            ) from exc
+
+    async def finished(
+        self,
+        keyed: Step,
+        output: Any,
+        duration_ms: float,
+        *,
+        status: str,
+        error: dict[str, Any] | None = None,
     ) -> None:
-        duration = time.perf_counter() - start
-        metrics.STEP_DURATION.labels(step.type, "failed").observe(duration)
-        span.set_status(Status(StatusCode.ERROR, error.message))
-        record = error.to_dict()
-        record["step_id"] = step.id
-        await journal.step_failed(step, record, duration * 1000)
+        if self._outcomes is not None:
+            await self._outcomes.step_finished(keyed, output, duration_ms, status=status, error=error)
+        else:
+            await self.journal.step_succeeded(keyed, output, duration_ms)
+
+    def outputs(self, workflow: Workflow, state: RunState, last: Any) -> Any:
+        """A workflow's result: its resolved ``outputs``, or its last step's output."""
+        if workflow.outputs is None:
+            return last
+        final = workflow.steps[-1]
+        try:
+            return expressions.resolve(workflow.outputs, state.scope(final.id))
+        except ExpressionError as exc:
+            keyed = dataclasses.replace(final, id=state.key(final.id))
+            raise StepFailed(keyed, InvalidInputError(f"outputs: {exc.message}")) from exc
+
+
+@functools.cache
+def _abilities(journal_type: type) -> tuple[bool, bool]:
+    """Whether a journal class records outcomes and holds waits (the protocol checks are slow per run)."""
+    return (
+        callable(getattr(journal_type, "step_finished", None)),
+        all(callable(getattr(journal_type, m, None)) for m in ("wait_state", "wait_started", "signal")),
+    )
+
+
+def _record(keyed: Step, error: OpenClawError) -> dict[str, Any]:
+    record = error.to_dict()
+    record["step_id"] = keyed.id
+    return record
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000

@@ -1,23 +1,55 @@
-"""Expressions in step params: ``${{ steps.fetch.output.rows[0] }}``, parsed and resolved without eval.
+"""Expressions in step fields: ``${{ steps.fetch.output.rows[0] }}``, parsed and resolved without eval.
 
-An expression is a path: a root name, then ``.name``, ``[index]`` or ``["key"]`` accessors. Resolution
-only ever indexes JSON values (dict keys, list positions), so nothing can reach a Python attribute,
-import or call. A string that is exactly one ``${{ expr }}`` yields the value itself (any JSON type);
-expressions inside a longer string are interpolated as text (JSON for non-strings), with the result's
+An expression is a path (a root name, then ``.name``, ``[index]`` or ``["key"]`` accessors), a JSON literal,
+a comparison (``== != < <= > >= in``, ``not in``) or ``and``/``or``/``not`` over those, with parentheses
+(the nodes are in ``expression_nodes.py``). Resolution only ever indexes JSON values (dict keys, list
+positions), so nothing can reach a Python attribute, import or call; the source is at most 500 characters,
+so evaluation is bounded too. A string that is exactly one ``${{ expr }}`` yields the value itself (any JSON
+type); expressions inside a longer string are interpolated as text (JSON for non-strings), with the result's
 size bounded. ``$${{`` writes a literal ``${{``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.errors import InvalidInputError
+from services.executor.expression_nodes import (
+    Accessor,
+    BoolOp,
+    Compare,
+    Expr,
+    ExpressionError,
+    Literal,
+    Not,
+    Path,
+    truthy,
+)
 
-ROOTS = ("steps", "inputs", "prev", "workflow", "task")
+__all__ = [
+    "Accessor",
+    "BoolOp",
+    "Compare",
+    "Expr",
+    "ExpressionError",
+    "Literal",
+    "Not",
+    "Path",
+    "Template",
+    "compile_template",
+    "has_expression",
+    "parse_expression",
+    "resolve",
+    "strings",
+    "truthy",
+    "walk",
+]
+
+ROOTS = ("steps", "inputs", "prev", "workflow", "task", "item", "index", "error")
 OPEN, CLOSE, ESCAPED_OPEN = "${{", "}}", "$${{"
 MAX_EXPRESSION_CHARS = 500
 MAX_PATH_DEPTH = 32
@@ -28,64 +60,14 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT = re.compile(r"-?[0-9]+")
 _STRING = re.compile(r"\"((?:[^\"\\]|\\.)*)\"|'((?:[^'\\]|\\.)*)'")
 
-Accessor = str | int
+_PATH_END = frozenset(" \t\r\n=!<>()")
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_COMPARISONS = ("==", "!=", "<=", ">=", "<", ">")
+_WORDS = {"true": True, "false": False, "null": None}
+MAX_NESTING = 32
 
 
-class ExpressionError(InvalidInputError):
-    """An expression that cannot be parsed or resolved; the message quotes the expression."""
-
-
-@dataclass(frozen=True)
-class Path:
-    """A parsed expression: ``root`` then accessors (str keys, int indexes)."""
-
-    text: str
-    root: str
-    accessors: tuple[Accessor, ...]
-
-    def __str__(self) -> str:
-        return f"${{{{ {self.text} }}}}"
-
-    def evaluate(self, scope: Mapping[str, Any]) -> Any:
-        """The value at this path in scope; ExpressionError naming the expression if there is none."""
-        if self.root not in scope:
-            raise ExpressionError(f"{self}: {_missing_root(self.root)}", expression=self.text)
-        value: Any = scope[self.root]
-        where = self.root
-        for acc in self.accessors:
-            value = _index(value, acc, where, self)
-            where += f"[{acc}]" if isinstance(acc, int) else f".{acc}"
-        return value
-
-
-def _missing_root(root: str) -> str:
-    if root == "prev":
-        return "there is no previous step"
-    return f"{root!r} is not available here"
-
-
-def _index(value: Any, acc: Accessor, where: str, path: Path) -> Any:
-    # Only plain JSON containers are ever indexed: no getattr, no __getitem__ of arbitrary objects.
-    if type(value) is dict:
-        if isinstance(acc, int):
-            raise ExpressionError(f"{path}: {where} is an object; index it by key, not [{acc}]")
-        if acc not in value:
-            keys = ", ".join(sorted(str(k) for k in value)[:20]) or "none"
-            raise ExpressionError(f"{path}: {where} has no key {acc!r} (keys: {keys})", expression=path.text)
-        return value[acc]
-    if type(value) is list:
-        if not isinstance(acc, int):
-            raise ExpressionError(f"{path}: {where} is a list; index it by position, not .{acc}")
-        if not -len(value) <= acc < len(value):
-            raise ExpressionError(
-                f"{path}: index {acc} is out of range for {where} (length {len(value)})", expression=path.text
-            )
-        return value[acc]
-    kind = "null" if value is None else type(value).__name__
-    raise ExpressionError(f"{path}: {where} is {kind}, which has no {acc!r}", expression=path.text)
-
-
-def parse_expression(text: str) -> Path:
+def parse_expression(text: str) -> Expr:
     """Parse the inside of ``${{ }}``; ExpressionError says what is wrong and where."""
     src = text.strip()
     if not src:
@@ -94,10 +76,23 @@ def parse_expression(text: str) -> Path:
         raise ExpressionError(
             f"expression longer than {MAX_EXPRESSION_CHARS} characters", expression=src[:80]
         )
-    m = _IDENT.match(src)
+    parser = _Parser(src)
+    expr = parser.expression()
+    parser.skip_space()
+    if parser.pos < len(src):
+        raise parser.error(
+            f"unexpected {src[parser.pos]!r} at {parser.pos}; expressions are paths like "
+            "steps.id.output.key[0], literals, comparisons, and/or/not and parentheses"
+        )
+    return expr
+
+
+def _parse_path(src: str, pos: int) -> tuple[Path, int]:
+    """A path starting at pos, and where it ends (at a space, operator or parenthesis)."""
+    m = _IDENT.match(src, pos)
     if not m:
         raise ExpressionError(
-            f"${{{{ {src} }}}}: expected a name such as steps, inputs or prev", expression=src
+            f"${{{{ {src} }}}}: expected a name such as steps, inputs or prev at {pos}", expression=src
         )
     root = m.group()
     if root not in ROOTS:
@@ -105,9 +100,9 @@ def parse_expression(text: str) -> Path:
             f"${{{{ {src} }}}}: unknown name {root!r}; expressions start with one of {', '.join(ROOTS)}",
             expression=src,
         )
-    pos = m.end()
+    start, pos = pos, m.end()
     accessors: list[Accessor] = []
-    while pos < len(src):
+    while pos < len(src) and src[pos] not in _PATH_END:
         if len(accessors) >= MAX_PATH_DEPTH:
             raise ExpressionError(f"${{{{ {src} }}}}: deeper than {MAX_PATH_DEPTH} accessors", expression=src)
         ch = src[pos]
@@ -139,7 +134,115 @@ def parse_expression(text: str) -> Path:
                 f"${{{{ {src} }}}}: unexpected {ch!r} at {pos}; only paths like steps.id.output.key[0] are supported",
                 expression=src,
             )
-    return Path(src, root, tuple(accessors))
+    return Path(src[start:pos], root, tuple(accessors)), pos
+
+
+class _Parser:
+    """Recursive descent over the expression source: or > and > not > comparison > primary."""
+
+    def __init__(self, src: str) -> None:
+        self.src = src
+        self.pos = 0
+        self.depth = 0
+
+    def error(self, message: str) -> ExpressionError:
+        return ExpressionError(f"${{{{ {self.src} }}}}: {message}", expression=self.src)
+
+    def skip_space(self) -> None:
+        while self.pos < len(self.src) and self.src[self.pos] in " \t\r\n":
+            self.pos += 1
+
+    def word(self, word: str) -> bool:
+        """Consume a keyword if it comes next (as a whole word)."""
+        self.skip_space()
+        end = self.pos + len(word)
+        if self.src.startswith(word, self.pos) and (end >= len(self.src) or self.src[end] in _PATH_END):
+            self.pos = end
+            return True
+        return False
+
+    def expression(self) -> Expr:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.error(f"nested deeper than {MAX_NESTING} levels")
+        out = self._chain("or", self._and)
+        self.depth -= 1
+        return out
+
+    def _chain(self, op: str, operand: Callable[[], Expr]) -> Expr:
+        self.skip_space()
+        start = self.pos
+        items = [operand()]
+        while self.word(op):
+            items.append(operand())
+        if len(items) == 1:
+            return items[0]
+        return BoolOp(self.src[start : self.pos].strip(), op, tuple(items))
+
+    def _and(self) -> Expr:
+        return self._chain("and", self._not)
+
+    def _not(self) -> Expr:
+        self.skip_space()
+        start = self.pos
+        if self.word("not"):
+            operand = self._not()
+            return Not(self.src[start : self.pos].strip(), operand)
+        return self._comparison()
+
+    def _comparison(self) -> Expr:
+        self.skip_space()
+        start = self.pos
+        left = self._primary()
+        self.skip_space()
+        op = next((c for c in _COMPARISONS if self.src.startswith(c, self.pos)), "")
+        if op:
+            self.pos += len(op)
+        elif self.word("in"):
+            op = "in"
+        else:
+            save = self.pos
+            if self.word("not") and self.word("in"):
+                op = "not in"
+            else:
+                self.pos = save
+                return left
+        right = self._primary()
+        return Compare(self.src[start : self.pos].strip(), op, left, right)
+
+    def _primary(self) -> Expr:
+        self.skip_space()
+        src, pos = self.src, self.pos
+        if pos >= len(src):
+            raise self.error("the expression ends too early: expected a value")
+        if src[pos] == "(":
+            self.pos += 1
+            inner = self.expression()
+            self.skip_space()
+            if self.pos >= len(src) or src[self.pos] != ")":
+                raise self.error(f"missing ')' at {self.pos}")
+            self.pos += 1
+            return inner
+        if (m := _NUMBER.match(src, pos)) is not None and (m.end() >= len(src) or src[m.end()] in _PATH_END):
+            self.pos = m.end()
+            text = m.group()
+            value = float(text) if any(c in text for c in ".eE") else int(text)
+            return Literal(text, value)
+        if (m := _STRING.match(src, pos)) is not None:
+            self.pos = m.end()
+            raw = m.group(1) if m.group(1) is not None else m.group(2)
+            return Literal(m.group(), re.sub(r"\\(.)", r"\1", raw))
+        if (m := _IDENT.match(src, pos)) is not None and m.group() in _WORDS:
+            end = m.end()
+            if end >= len(src) or src[end] in _PATH_END:
+                self.pos = end
+                return Literal(m.group(), _WORDS[m.group()])
+        if _IDENT.match(src, pos) is None:
+            raise self.error(
+                f"unexpected {src[pos]!r} at {pos}; expected a name such as steps, inputs or prev"
+            )
+        path, self.pos = _parse_path(src, pos)
+        return path
 
 
 def _name(name: str, src: str) -> str:
@@ -150,20 +253,24 @@ def _name(name: str, src: str) -> str:
 
 @dataclass(frozen=True)
 class Template:
-    """A string with expressions: literal text and Paths, in order."""
+    """A string with expressions: literal text and expressions, in order."""
 
-    parts: tuple[str | Path, ...]
+    parts: tuple[str | Expr, ...]
 
     @property
-    def whole(self) -> Path | None:
-        """The Path when the string is exactly one expression (its value keeps its JSON type)."""
-        if len(self.parts) == 1 and isinstance(self.parts[0], Path):
+    def whole(self) -> Expr | None:
+        """The expression when the string is exactly one (its value keeps its JSON type)."""
+        if len(self.parts) == 1 and isinstance(self.parts[0], Expr):
             return self.parts[0]
         return None
 
     @property
+    def expressions(self) -> tuple[Expr, ...]:
+        return tuple(p for p in self.parts if isinstance(p, Expr))
+
+    @property
     def paths(self) -> tuple[Path, ...]:
-        return tuple(p for p in self.parts if isinstance(p, Path))
+        return tuple(p for e in self.expressions for p in e.paths)
 
     def render(self, scope: Mapping[str, Any], *, max_chars: int = MAX_TEXT_CHARS) -> Any:
         """The value (whole expression) or the interpolated text."""
@@ -190,7 +297,22 @@ def compile_template(text: str) -> Template | None:
     """Split a string into literal text and expressions; None when it has none (after unescaping)."""
     if OPEN not in text:
         return None
-    parts: list[str | Path] = []
+    if len(text) <= _CACHED_CHARS:  # workflows run again and again: parse each short string once
+        return _compile_cached(text)
+    return _compile(text)
+
+
+# Templates are immutable, so runs share them; long strings are parsed each time rather than kept.
+_CACHED_CHARS = 2048
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile_cached(text: str) -> Template:
+    return _compile(text)
+
+
+def _compile(text: str) -> Template:
+    parts: list[str | Expr] = []
     literal: list[str] = []
     pos = 0
     while True:
@@ -217,7 +339,7 @@ def compile_template(text: str) -> Template | None:
         pos = end + len(CLOSE)
     if any(literal):
         parts.append("".join(literal))
-    if not any(isinstance(p, Path) for p in parts):
+    if not any(isinstance(p, Expr) for p in parts):
         return Template(tuple(parts)) if parts else Template(("",))
     return Template(tuple(parts))
 
@@ -249,7 +371,7 @@ def walk(value: Any, path: str = "") -> Iterator[tuple[str, Template]]:
     """Every templated string inside a JSON value, with its path; raises on the first bad one."""
     for where, text in strings(value, path):
         template = compile_template(text)
-        if template is not None and template.paths:
+        if template is not None and template.expressions:
             yield where, template
 
 

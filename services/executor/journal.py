@@ -11,9 +11,13 @@ from services.common.envelope import now_ms
 from services.common.errors import UnavailableError
 from services.common.hop import Hop
 from services.common.taskstore import TaskStore
+from services.common.waits import WaitStore
 from services.executor.dsl import Step
 
 T = TypeVar("T")
+# Checkpoint statuses a resumed run does not run again: skipped (its ``when`` was false) and recovered
+# (it failed, then its catch steps ran or it continued on error) count as done.
+COMPLETED = frozenset({"succeeded", "skipped", "recovered"})
 
 
 class RedisCalls:
@@ -50,6 +54,7 @@ class TaskJournal:
         claimed_steps: dict[str, dict[str, Any]] | None = None,
         announced_step_id: str = "",
         last_step_id: str = "",
+        waits: WaitStore | None = None,
     ) -> None:
         self._redis, self._store = redis, redis.store
         self._tenant, self._task_id, self._attempt = tenant, task_id, attempt
@@ -58,6 +63,7 @@ class TaskJournal:
         self._announced_step_id = announced_step_id
         self._last_step_id = last_step_id
         self._final: tuple[str, dict[str, Any]] | None = None
+        self._waits = waits
 
     def take_final_checkpoint(self) -> tuple[str, dict[str, Any]] | None:
         """The last step's held-back checkpoint, if any (then None): store it with the outcome."""
@@ -68,7 +74,7 @@ class TaskJournal:
         states = self._claimed_steps
         if states is None:
             states = await self._redis(self._store.steps, self._tenant, self._task_id)
-        return {sid: s.get("output") for sid, s in states.items() if s.get("status") == "succeeded"}
+        return {sid: s.get("output") for sid, s in states.items() if s.get("status") in COMPLETED}
 
     async def step_started(self, step: Step) -> None:
         if step.id == self._announced_step_id:  # the claim appended this event
@@ -84,14 +90,21 @@ class TaskJournal:
         )
 
     async def step_succeeded(self, step: Step, output: Any, duration_ms: float) -> None:
+        await self.step_finished(step, output, duration_ms, status="succeeded", error=None)
+
+    async def step_finished(
+        self, step: Step, output: Any, duration_ms: float, *, status: str, error: dict[str, Any] | None
+    ) -> None:
         state = {
-            "status": "succeeded",
+            "status": status,
             "type": step.type,
             "output": output,
             "duration_ms": round(duration_ms, 3),
             "attempt": self._attempt,
             "finished_ms": now_ms(),
         }
+        if error is not None:
+            state["error"] = error
         if step.id == self._last_step_id:
             self._final = (step.id, state)
             return
@@ -107,6 +120,32 @@ class TaskJournal:
             "finished_ms": now_ms(),
         }
         await self._redis(self._store.checkpoint, self._tenant, self._task_id, step.id, state)
+
+    async def wait_state(self, key: str) -> dict[str, Any] | None:
+        states = self._claimed_steps
+        if states is None:
+            states = await self._redis(self._store.steps, self._tenant, self._task_id)
+        state = states.get(key)
+        return state if state is not None and state.get("status") == "waiting" else None
+
+    async def wait_started(self, step: Step, until_ms: int | None) -> None:
+        state = {
+            "status": "waiting",
+            "type": step.type,
+            "until_ms": until_ms,
+            "signal": step.signal or None,
+            "attempt": self._attempt,
+            "started_ms": now_ms(),
+        }
+        await self._redis(self._store.checkpoint, self._tenant, self._task_id, step.id, state)
+        if self._claimed_steps is not None:
+            self._claimed_steps[step.id] = state
+
+    async def signal(self, name: str) -> tuple[bool, Any]:
+        if self._waits is None:
+            return False, None
+        received = await self._redis(self._waits.signals, self._tenant, self._task_id)
+        return (True, received[name]) if name in received else (False, None)
 
     async def cancel_requested(self) -> bool:
         if self._cancel_known_clear:  # the claim just read the flag (it refuses a flagged task)

@@ -50,12 +50,14 @@ from services.common.hop import Hop
 from services.common.publisher import TaskPublisher
 from services.common.taskstore import TaskStore, check_task_id, check_tenant
 from services.common.topology import TASK_ROUTING_KEY, Topology
+from services.common.waits import WaitStore
 from services.executor import metrics
 from services.executor.context import RunState
 from services.executor.dsl import Workflow, parse_workflow
-from services.executor.engine import Engine, StepFailed, WorkflowCancelled
+from services.executor.engine import Engine, StepFailed, WorkflowCancelled, WorkflowParked
 from services.executor.journal import RedisCalls, TaskJournal, step_started_data
 from services.executor.templates import load_template
+from services.executor.waker import Waker
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("openclaw.executor")
@@ -111,6 +113,7 @@ class Worker:
         drain_seconds: float,
         redis_hop: Hop | None = None,
         lease_seconds: float = 30.0,
+        wake_interval_s: float = 1.0,
     ) -> None:
         self._connection = connection
         self._topology = topology
@@ -130,6 +133,9 @@ class Worker:
         self._owner = uuid.uuid4().hex
         self._lease_ms = max(1, int(lease_seconds * 1000))
         self._running: set[tuple[str, str]] = set()
+        # Parked (waiting) tasks: every worker re-publishes those that are due.
+        self._waits = WaitStore(store)
+        self._waker = Waker(self._waits, self._redis, publisher, interval_s=wake_interval_s)
         # Clients submit the same workflows over and over: parse each exact text once. A Workflow is never
         # changed by a run (expressions resolve into copies), so runs can share it.
         self._parse_json = functools.lru_cache(maxsize=256)(self._parse_uncached)
@@ -149,11 +155,13 @@ class Worker:
         await self._channel.set_qos(prefetch_count=self._prefetch)
         _, self._queue = await self._topology.declare(self._channel)
         self._tag = await self._queue.consume(self._on_message, no_ack=False)
+        self._waker.start()
         log.info("consuming", extra={"queue": self._topology.task_queue, "prefetch": self._prefetch})
 
     async def stop(self) -> None:
         """Stop taking work, let in-flight tasks finish within the drain period, hand back the rest."""
         self._draining = True
+        await self._waker.stop()
         if self._queue is not None and self._tag is not None and self._channel is not None:
             try:
                 await self._queue.cancel(self._tag)
@@ -419,9 +427,12 @@ class Worker:
             claimed_steps=claimed_steps,
             announced_step_id=announced_step_id,
             last_step_id=workflow.steps[-1].id,
+            waits=self._waits,
         )
         try:
             result = await self._engine.run(workflow, state, journal)
+        except WorkflowParked as exc:
+            await self._park(env, exc)
         except WorkflowCancelled as exc:
             step = exc.next_step
             error = _cancelled(f"cancelled by request before step {step.id!r}") | {"step_id": step.id}
@@ -446,6 +457,21 @@ class Worker:
             )
         finally:
             metrics.TASK_DURATION.observe(time.perf_counter() - started)
+
+    async def _park(self, env: tasks_pb2.TaskEnvelope, parked: WorkflowParked) -> None:
+        """Keep a waiting task in Redis (status waiting) and let its delivery go: the waker re-publishes it
+        when its time comes or a signal arrives, so no delivery stays unacknowledged while it waits."""
+        data = {"step_id": parked.step.id, "wake_at_ms": parked.wake_at_ms, "signals": list(parked.signals)}
+        await self._redis(
+            self._waits.park,
+            env.tenant,
+            env.task_id,
+            env.SerializeToString(),
+            wake_at_ms=parked.wake_at_ms,
+            signals=parked.signals,
+            data=data,
+        )
+        log.info("task waiting", extra={"task_id": env.task_id, "tenant": env.tenant, **data})
 
     def _workflow(self, env: tasks_pb2.TaskEnvelope) -> Workflow:
         if env.workflow_json:
@@ -614,10 +640,11 @@ def _delivery_count(headers: dict[str, Any]) -> int:
         return 0
 
 
-def _first_step(workflow: Workflow, attempt: int) -> tuple[str, Any]:
-    """The step a fresh run starts with, and its step.started data, for the claim to announce."""
+def _first_step(workflow: Workflow, attempt: int) -> tuple[str, Any] | None:
+    """The step a fresh run starts with, and its step.started data, for the claim to announce (not one
+    whose ``when`` may skip it)."""
     first = workflow.steps[0]
-    return first.id, step_started_data(first, attempt)
+    return None if first.when is not None else (first.id, step_started_data(first, attempt))
 
 
 def _inputs(env: tasks_pb2.TaskEnvelope) -> dict[str, Any]:

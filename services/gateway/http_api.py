@@ -106,6 +106,7 @@ class TaskRoutes:
             Route("/v1/tasks/{task_id}", self.delete, methods=["DELETE"]),
             Route("/v1/tasks/{task_id}/cancel", self.cancel, methods=["POST"]),
             Route("/v1/tasks/{task_id}/events", self.events, methods=["GET"]),
+            Route("/v1/tasks/{task_id}/signals/{name}", self.signal, methods=["POST"]),
         ]
 
     async def submit(self, request: Request) -> Response:
@@ -133,6 +134,14 @@ class TaskRoutes:
         principal = authenticate(self._verifier, request)
         record = await self._tasks.cancel(principal.tenant, request.path_params["task_id"])
         return JSONResponse(task_body(record))
+
+    async def signal(self, request: Request) -> Response:
+        principal = authenticate(self._verifier, request)
+        payload = await read_json(request, self._limit)
+        record = await self._tasks.signal(
+            principal.tenant, request.path_params["task_id"], request.path_params["name"], payload
+        )
+        return JSONResponse(task_body(record), status_code=202)
 
     async def delete(self, request: Request) -> Response:
         return await self.cancel(request)

@@ -30,6 +30,7 @@ from services.common.errors import (
 )
 from services.common.hop import Hop
 from services.common.taskstore import TERMINAL, TaskEventRecord, TaskRecord, TaskStore, check_task_id
+from services.common.waits import MAX_SIGNALS, SIGNAL_NAME, WaitStore
 from services.gateway.metrics import TASKS_SUBMITTED
 
 _log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class TaskService:
         self._redis = redis_hop or Hop("gateway.redis")
         self._publish = publish_hop or Hop("gateway.amqp_publish")
         self._closing = asyncio.Event()
+        self._waits = WaitStore(store)
 
     def close(self) -> None:
         """Start draining: open watches and waits end at their next slice so the transport can finish."""
@@ -295,6 +297,28 @@ class TaskService:
         status = await self._redis_call("taskstore.cancel", self._store.request_cancel, tenant, task_id)
         if not status:
             raise _not_found(task_id)
+        return await self._require(tenant, task_id)
+
+    async def signal(self, tenant: str, task_id: str, name: str, payload: Any) -> TaskRecord:
+        """Deliver a named signal (with a JSON payload) to a task; a waiting task wakes to read it."""
+        check_task_id(task_id)
+        if not isinstance(name, str) or not SIGNAL_NAME.match(name):
+            raise InvalidInputError(
+                f"signal name {name!r}: 1-64 letters, digits, '_', '.' and '-', starting with a letter",
+                field="name",
+            )
+        status = await self._redis_call("waits.signal", self._waits.signal, tenant, task_id, name, payload)
+        if not status:
+            raise _not_found(task_id)
+        if status in TERMINAL:
+            raise InvalidInputError(
+                f"task {task_id} has already ended ({status}); signals only reach unfinished tasks",
+                status=status,
+            )
+        if status == "too_many":
+            raise InvalidInputError(
+                f"task {task_id} already holds {MAX_SIGNALS} signal names; reuse one", field="name"
+            )
         return await self._require(tenant, task_id)
 
     def _resolve(self, request: SubmitRequest) -> tuple[str, str, str]:

@@ -70,17 +70,22 @@ def test_escape_and_plain_strings() -> None:
         ("steps.fetch.__dict__", "'__' are not allowed"),
         ("inputs.city.__len__", "'__' are not allowed"),
         ("__import__('os')", "unknown name '__import__'"),
-        ("(1)", "expected a name"),
+        ("(1", "missing ')'"),
+        ("1 +", "unexpected '+'"),
         ("os.system", "unknown name 'os'"),
         ("steps.fetch.output.name()", "unexpected '('"),
-        ("inputs.n + 1", "unexpected ' '"),
+        ("inputs.n + 1", "unexpected '+'"),
+        ("inputs.n ==", "ends too early"),
+        ("inputs.city.lower() == 'x'", "unexpected '('"),
+        ("not", "ends too early"),
+        ("(" * 40 + "1" + ")" * 40, "nested deeper than 32"),
         ("steps[x]", "expected an integer or a quoted key"),
         ("steps[0", "missing ']'"),
         ("steps['a'", "missing ']'"),
         ("", "empty expression"),
     ],
 )
-def test_anything_but_a_path_is_refused(text: str, fragment: str) -> None:
+def test_anything_but_the_language_is_refused(text: str, fragment: str) -> None:
     with pytest.raises(ExpressionError) as err:
         parse_expression(text)
     assert fragment in err.value.message
@@ -138,3 +143,56 @@ def test_walk_finds_expressions_with_their_paths() -> None:
         for p, t in walk({"a": ["x", "${{ inputs.n }}"], "b": {"c": "${{ prev.output }} ok"}})
     ]
     assert found == [(".a[1]", ["${{ inputs.n }}"]), (".b.c", ["${{ prev.output }}"])]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("inputs.n == 5", True),
+        ("inputs.n != 5", False),
+        ("inputs.n > 4 and inputs.n <= 5", True),
+        ("inputs.city == 'Paris' or inputs.missing_is_never_read", True),
+        ("not inputs.flags.x", True),
+        ('not (inputs.n < 3 or inputs.city == "Rome")', True),
+        ("'a' in steps.fetch.output.rows[0]", True),
+        ("inputs.city in 'Paris, Rome'", True),
+        ("'ari' in inputs.city", True),
+        ("steps.count.output in steps.fetch.output.rows", False),
+        ("'b' not in steps.fetch.output.rows[0]", True),
+        ("true == 1", False),
+        ("null == inputs.flags.x", True),
+        ("-1.5e1 < 0", True),
+        ("'b' > 'a'", True),
+        ("steps.fetch.output.rows == steps.fetch.output.rows", True),
+        ("42", 42),
+        ("'text'", "text"),
+    ],
+)
+def test_comparisons_and_boolean_logic(text: str, expected: Any) -> None:
+    assert parse_expression(text).evaluate(SCOPE) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("inputs.n < 'x'", "cannot order a number and a string with '<'"),
+        ("inputs.flags > 1", "cannot order an object and a number"),
+        ("true < false", "cannot order a boolean and a boolean"),
+        ("1 in inputs.city", "got a number in a string"),
+    ],
+)
+def test_comparison_type_errors_name_the_expression(text: str, fragment: str) -> None:
+    with pytest.raises(ExpressionError) as err:
+        parse_expression(text).evaluate(SCOPE)
+    assert fragment in err.value.message
+
+
+def test_operators_expose_every_path_they_read() -> None:
+    expr = parse_expression("not (steps.fetch.output.name == inputs.city) and prev.output.text in 'x'")
+    assert [str(p) for p in expr.paths] == [
+        "${{ steps.fetch.output.name }}",
+        "${{ inputs.city }}",
+        "${{ prev.output.text }}",
+    ]
+    template = compile_template("n=${{ inputs.n > 1 }}")
+    assert template is not None and template.render(SCOPE) == "n=true"
