@@ -120,6 +120,14 @@ class CallerTimeoutError(TimeoutError_):
     code = "timeout"
 
 
+class InvalidModelOutputError(OpenClawError):
+    """A model answered, but not in the shape that was asked for (even after a repair attempt)."""
+
+    code = "invalid_model_output"
+    http_status = 502
+    grpc_status = grpc.StatusCode.INTERNAL
+
+
 class ResourceExhaustedError(OpenClawError):
     """A limit was reached (concurrency, rate, quota); retry after a delay."""
 
@@ -143,6 +151,7 @@ _BY_CODE: dict[str, type[OpenClawError]] = {
         UnavailableError,
         TimeoutError_,
         ResourceExhaustedError,
+        InvalidModelOutputError,
     )
 }
 _BY_GRPC: dict[grpc.StatusCode, type[OpenClawError]] = {

@@ -83,7 +83,8 @@ def _additional_properties(
 
 
 @lru_cache(maxsize=16)
-def _guarded(base: type[Validator]) -> type[Validator]:
+def guarded(base: type[Validator]) -> type[Validator]:
+    """The validator class with regex keywords matched under a time limit (user schemas are hostile input)."""
     keywords = {
         "pattern": _pattern,
         "patternProperties": _pattern_properties,
@@ -132,7 +133,7 @@ def _validate(doc: Any, schema: dict[str, Any], max_errors: int, check_formats: 
         raise InvalidInputError(
             "schema: patternProperties together with unevaluatedProperties is not supported", param="schema"
         )
-    cls = _guarded(base)
+    cls = guarded(base)
     # An empty registry: a "$ref" to a remote URL is an error, never a fetch from the worker.
     validator = cls(
         schema,

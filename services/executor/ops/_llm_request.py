@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field
 
 from openclaw.v1 import router_pb2
-from services.common.errors import InvalidInputError, OpenClawError
+from services.common.errors import InvalidInputError, InvalidModelOutputError
 from services.executor.context import OpContext
 from services.executor.ops.base import Params
 
@@ -113,11 +113,11 @@ def reply(*responses: router_pb2.ChatResponse) -> dict[str, Any]:
     }
 
 
-def unusable(what: str, response: router_pb2.ChatResponse, **details: Any) -> OpenClawError:
+def unusable(what: str, response: router_pb2.ChatResponse, **details: Any) -> InvalidModelOutputError:
     """The error for a reply that does not have the asked-for shape (not the caller's input, not retryable)."""
     content = response.message.content
     quoted = content if len(content) <= REPLY_CHARS else content[:REPLY_CHARS] + "…"
-    return OpenClawError(
+    return InvalidModelOutputError(
         f"model {response.model or '?'!r} {what}; its reply was: {quoted!r}",
         model=response.model,
         reply=quoted,

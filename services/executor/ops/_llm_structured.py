@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
 from pydantic import Field, StringConstraints, field_validator
 from referencing import Registry
 from referencing.exceptions import Unresolvable
@@ -19,6 +20,7 @@ from referencing.exceptions import Unresolvable
 from openclaw.v1 import router_pb2
 from services.common.errors import InvalidInputError
 from services.executor.context import OpContext
+from services.executor.ops._json_schema import guarded
 from services.executor.ops._llm_request import Message, ModelParams, ask, input_text, reply, unusable
 from services.executor.ops.base import input_or_prev, operation
 
@@ -186,7 +188,7 @@ class ExtractParams(TextParams):
         return schema
 
 
-def _problems(content: str, validator: Draft202012Validator) -> tuple[Any, list[str]]:
+def _problems(content: str, validator: Validator) -> tuple[Any, list[str]]:
     """The JSON value of a reply and what makes it invalid (empty when valid)."""
     raw = _unfenced(content)
     value = _json_or_none(raw)
@@ -212,9 +214,9 @@ async def llm_extract(p: ExtractParams, ctx: OpContext) -> dict[str, Any]:
     """Extract structured data from a text with a model: the reply must be JSON valid against json_schema
     (checked with jsonschema, one repair attempt feeding back the errors). Returns data, content, usage, route."""
     text = input_text(input_or_prev(p, "text", ctx), "text")
-    validator = Draft202012Validator(
-        p.json_schema, registry=Registry(), format_checker=Draft202012Validator.FORMAT_CHECKER
-    )
+    # Guarded: the schema's "pattern" regexes come from the workflow and must not hang the worker.
+    cls = guarded(Draft202012Validator)
+    validator = cls(p.json_schema, registry=Registry(), format_checker=Draft202012Validator.FORMAT_CHECKER)
     system = (
         "Extract information from the user's text as JSON that satisfies this JSON Schema:\n"
         f"{json.dumps(p.json_schema, ensure_ascii=False)}\n"

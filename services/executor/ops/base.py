@@ -107,7 +107,7 @@ def operation(
     """Declare an operation; the function's docstring is its description."""
 
     def wrap(fn: Callable[[P, OpContext], Awaitable[Any]]) -> Operation[P]:
-        doc = (fn.__doc__ or "").strip()
+        doc = " ".join((fn.__doc__ or "").split())  # docstrings wrap; descriptions are one line
         return Operation(name=name, category=category, description=doc, params=params, run=fn)
 
     return wrap

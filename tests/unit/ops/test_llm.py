@@ -343,3 +343,24 @@ async def test_extract_schema_is_checked(tmp_path: Path) -> None:
     remote = {"$ref": "http://127.0.0.1:9/schema.json"}
     with pytest.raises(InvalidInputError, match="json_schema: cannot resolve"):
         await run_op("llm_extract", {"model": "m", "text": "x", "json_schema": remote}, ctx)
+
+
+async def test_extract_survives_a_catastrophic_pattern_in_the_schema(tmp_path: Path) -> None:
+    """A workflow's schema is hostile input: its regexes run under a time limit, not on the worker's GIL forever."""
+    evil = {"type": "object", "properties": {"a": {"type": "string", "pattern": "^(a|aa)+$"}}}
+    router = FakeRouter([json.dumps({"a": "a" * 64 + "!"})])
+    with pytest.raises(InvalidInputError, match="catastrophic backtracking"):
+        await run_op(
+            "llm_extract", {"model": "m", "text": "x", "json_schema": evil}, ctx_with(tmp_path, router)
+        )
+
+
+async def test_a_reply_of_the_wrong_shape_is_an_invalid_model_output_error(tmp_path: Path) -> None:
+    from services.common.errors import InvalidModelOutputError
+
+    router = FakeRouter(["not json at all"])
+    with pytest.raises(InvalidModelOutputError) as info:
+        await run_op(
+            "llm_extract", {"model": "m", "text": "x", "json_schema": PERSON}, ctx_with(tmp_path, router)
+        )
+    assert info.value.code == "invalid_model_output" and info.value.http_status == 502
