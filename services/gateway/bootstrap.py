@@ -1,8 +1,9 @@
-"""The gateway's composition root: builds every object of the process, serves HTTP and gRPC, drains on stop.
+"""The gateway's composition root: builds every object of the process, serves every protocol, drains on stop.
 
 ``build(settings, **overrides)`` returns a GatewayApp; ``await app.start()`` connects to Redis, RabbitMQ
-and the router and binds both listeners (port 0 picks a free port; the real ones are in ``http_port`` and
-``grpc_port``); ``await app.stop()`` drains and closes everything. Tests pass overrides for the parts they
+and the router and binds the listeners: HTTP/1.1 + WebSocket, gRPC, and when configured HTTP/2 (h2c, TLS
+1.3) and MQTT (port 0 picks a free port; the real ones are in ``http_port``, ``grpc_port``, ``http2_port``
+and ``tls_port``); ``await app.stop()`` drains and closes everything. Tests pass overrides for the parts they
 own; what the app opened itself it also closes.
 """
 
@@ -16,7 +17,6 @@ from typing import Any
 
 import aio_pika
 import grpc
-import uvicorn
 from aio_pika.abc import AbstractRobustConnection
 from redis.asyncio import Redis
 from starlette.types import ASGIApp
@@ -31,9 +31,13 @@ from services.common.topology import Topology
 from services.gateway.auth import TokenVerifier
 from services.gateway.grpc_api import SERVICE_NAME, TaskServicer
 from services.gateway.http_api import ProbeRoutes, TaskRoutes, create_app
+from services.gateway.httpserver import CountProtocols, Http1Server, Http2Server, WebSocketLimits
+from services.gateway.metrics import REQUESTS
+from services.gateway.mqtt_api import MqttIngress
 from services.gateway.openai_api import ChatBackend, OpenAIRoutes
 from services.gateway.settings import GatewaySettings
 from services.gateway.tasks import EnvelopePublisher, TaskService, WorkflowCatalogue
+from services.gateway.websocket_api import WebSocketPolicy, WebSocketRoutes
 
 _log = logging.getLogger(__name__)
 _PROBE_TIMEOUT_S = 2.0
@@ -62,7 +66,7 @@ class ExecutorCatalogue:
 
 
 class GatewayApp:
-    """The running gateway: the HTTP server (uvicorn) and the gRPC server on one event loop."""
+    """The running gateway: HTTP/1.1 + WebSocket (uvicorn), HTTP/2 (granian), gRPC and MQTT on one loop."""
 
     def __init__(
         self,
@@ -80,6 +84,8 @@ class GatewayApp:
         self.settings = settings
         self.http_port = settings.http_port
         self.grpc_port = settings.grpc_port
+        self.http2_port: int | None = None
+        self.tls_port: int | None = None
         self._verifier = verifier
         self._catalogue = catalogue
         self._topology = topology
@@ -98,9 +104,9 @@ class GatewayApp:
         self._asgi: ASGIApp | None = None
         self._grpc: grpc.aio.Server | None = None
         self._health: Any = None
-        self._http: uvicorn.Server | None = None
-        self._http_socket: socket.socket | None = None
-        self._http_tick: asyncio.Task[None] | None = None
+        self._http1: Http1Server | None = None
+        self._http2: Http2Server | None = None
+        self._mqtt: MqttIngress | None = None
 
     @property
     def asgi_app(self) -> ASGIApp:
@@ -156,20 +162,41 @@ class GatewayApp:
                 ).routes(),
                 OpenAIRoutes(self._router, self._verifier, max_body_bytes=settings.max_body_bytes).routes(),
                 ProbeRoutes(self.readiness).routes(),
+                WebSocketRoutes(
+                    self._tasks,
+                    self._router,
+                    self._verifier,
+                    WebSocketPolicy(
+                        auth_timeout_s=settings.ws_auth_timeout_seconds,
+                        max_in_flight=settings.ws_max_in_flight,
+                        max_messages_per_second=settings.ws_max_messages_per_second,
+                        heartbeat_s=self._heartbeat_s,
+                    ),
+                ).routes(),
             ]
         )
         await self._start_grpc(settings)
         await self._start_http(settings)
+        if settings.mqtt_url:
+            self._mqtt = MqttIngress(self._tasks, self._verifier, settings)
+            await self._mqtt.start()
         self._started = True
         _log.info(
             "gateway serving",
-            extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "namespace": settings.namespace},
+            extra={
+                "http_port": self.http_port,
+                "grpc_port": self.grpc_port,
+                "http2_port": self.http2_port,
+                "tls_port": self.tls_port,
+                "mqtt": bool(settings.mqtt_url),
+                "namespace": settings.namespace,
+            },
         )
 
     async def _start_grpc(self, settings: GatewaySettings) -> None:
         assert self._tasks is not None
         # No SO_REUSEPORT: a second gateway on the same port must fail, not silently share it.
-        self._grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=[_CountGrpcCalls()])
         gateway_pb2_grpc.add_TaskServiceServicer_to_server(
             TaskServicer(self._tasks, self._verifier), self._grpc
         )
@@ -183,34 +210,31 @@ class GatewayApp:
 
     async def _start_http(self, settings: GatewaySettings) -> None:
         assert self._asgi is not None
-        family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
-        try:
-            self._http_socket = socket.create_server(
-                (settings.http_host, settings.http_port), family=family, backlog=2048
-            )
-        except OSError as exc:
-            raise OSError(
-                f"cannot listen for HTTP on {settings.http_host}:{settings.http_port}: {exc}"
-            ) from exc
-        self.http_port = self._http_socket.getsockname()[1]
-        config = uvicorn.Config(
-            self._asgi,
-            loop="uvloop" if _has_uvloop() else "asyncio",
-            http="httptools",
-            ws="none",
-            lifespan="off",
-            access_log=False,
-            log_config=None,
-            server_header=False,
-            timeout_graceful_shutdown=int(settings.drain_seconds) or None,
-            backlog=2048,
+        app = CountProtocols(self._asgi)
+        ws = WebSocketLimits(
+            max_message_bytes=settings.ws_max_message_bytes,
+            ping_interval_s=settings.ws_ping_interval_seconds,
+            ping_timeout_s=settings.ws_ping_timeout_seconds,
         )
-        config.load()
-        self._http = uvicorn.Server(config)
-        # Server.serve() would install its own signal handlers; the process's SIGTERM handling is ours.
-        self._http.lifespan = config.lifespan_class(config)
-        await self._http.startup(sockets=[self._http_socket])
-        self._http_tick = asyncio.create_task(self._http.main_loop(), name="uvicorn-tick")
+        self._http1 = Http1Server(
+            app, settings.http_host, settings.http_port, drain_s=settings.drain_seconds, ws=ws
+        )
+        self.http_port = self._http1.port
+        await self._http1.start()
+        if settings.http2_port is not None or settings.tls_port is not None:
+            tls_files = None
+            if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+                tls_files = (settings.tls_cert_file, settings.tls_key_file)
+            self._http2 = Http2Server(
+                app,
+                settings.http_host,
+                settings.http2_port,
+                tls_port=settings.tls_port,
+                tls_files=tls_files,
+                drain_s=settings.drain_seconds,
+            )
+            self.http2_port, self.tls_port = self._http2.port, self._http2.tls_port
+            await self._http2.start()
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Whether to send work here: Redis, RabbitMQ and the router reachable, and not draining."""
@@ -253,7 +277,7 @@ class GatewayApp:
             rpc.set_not_serving(self._health, [SERVICE_NAME])
         if self._tasks is not None:
             self._tasks.close()
-        await asyncio.gather(self._stop_http(), self._stop_grpc(grace))
+        await asyncio.gather(self._stop_http(), self._stop_grpc(grace), self._stop_mqtt())
         if self._task_publisher is not None:
             with contextlib.suppress(Exception):
                 await self._task_publisher.close()
@@ -272,16 +296,14 @@ class GatewayApp:
         self._started = False
 
     async def _stop_http(self) -> None:
-        if self._http is None:
-            if self._http_socket is not None:
-                self._http_socket.close()
-            return
-        self._http.should_exit = True
-        if self._http_tick is not None:
-            await self._http_tick
-        await self._http.shutdown(sockets=[self._http_socket] if self._http_socket else None)
-        self._http = None
-        self._http_socket = None
+        servers = [server for server in (self._http1, self._http2) if server is not None]
+        self._http1 = self._http2 = None
+        await asyncio.gather(*(server.stop() for server in servers))
+
+    async def _stop_mqtt(self) -> None:
+        if self._mqtt is not None:
+            await self._mqtt.stop(self.settings.drain_seconds)
+            self._mqtt = None
 
     async def _stop_grpc(self, grace: float) -> None:
         if self._grpc is not None:
@@ -321,9 +343,12 @@ def build(
     )
 
 
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
+class _CountGrpcCalls(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts gRPC calls in openclaw_gateway_requests_total{protocol="grpc"}."""
+
+    def __init__(self) -> None:
+        self._count = REQUESTS.labels("grpc")
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        self._count.inc()
+        return await continuation(handler_call_details)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
     "openclaw_gateway_http_requests_total",
@@ -24,6 +24,21 @@ AUTH_FAILURES = Counter(
     "openclaw_gateway_auth_failures_total",
     "Requests refused for want of a valid token, by reason.",
     ["reason"],
+)
+REQUESTS = Counter(
+    "openclaw_gateway_requests_total",
+    "Requests by protocol: http/1.1 and http/2 requests, websocket request frames, mqtt request messages, "
+    "grpc calls.",
+    ["protocol"],
+)
+WEBSOCKET_CONNECTIONS = Gauge(
+    "openclaw_gateway_websocket_connections",
+    "WebSocket connections open on /v1/ws.",
+)
+MQTT_MESSAGES = Counter(
+    "openclaw_gateway_mqtt_messages_total",
+    "MQTT messages: direction in (requests received) or out (replies published), by outcome ok or error.",
+    ["direction", "outcome"],
 )
 
 # Route label for requests that matched no route: raw paths would explode the label's cardinality.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -38,6 +40,55 @@ class GatewaySettings(CommonSettings):
     publish_timeout_seconds: float = Field(
         default=5.0, gt=0, validation_alias="OPENCLAW_GATEWAY_PUBLISH_TIMEOUT_SECONDS"
     )
+
+    # HTTP/2 listeners (granian): h2c with prior knowledge, and h2 over TLS 1.3; unset means off.
+    http2_port: int | None = Field(
+        default=None, ge=0, le=65535, validation_alias="OPENCLAW_GATEWAY_HTTP2_PORT"
+    )
+    tls_port: int | None = Field(default=None, ge=0, le=65535, validation_alias="OPENCLAW_GATEWAY_TLS_PORT")
+    tls_cert_file: Path | None = Field(default=None, validation_alias="OPENCLAW_GATEWAY_TLS_CERT_FILE")
+    tls_key_file: Path | None = Field(default=None, validation_alias="OPENCLAW_GATEWAY_TLS_KEY_FILE")
+    # WebSocket /v1/ws.
+    ws_max_message_bytes: int = Field(
+        default=1024 * 1024, ge=1024, validation_alias="OPENCLAW_GATEWAY_WS_MAX_MESSAGE_BYTES"
+    )
+    ws_ping_interval_seconds: float = Field(
+        default=20.0, gt=0, le=300, validation_alias="OPENCLAW_GATEWAY_WS_PING_INTERVAL_SECONDS"
+    )
+    ws_ping_timeout_seconds: float = Field(
+        default=20.0, gt=0, le=300, validation_alias="OPENCLAW_GATEWAY_WS_PING_TIMEOUT_SECONDS"
+    )
+    ws_auth_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, validation_alias="OPENCLAW_GATEWAY_WS_AUTH_TIMEOUT_SECONDS"
+    )
+    ws_max_in_flight: int = Field(
+        default=32, ge=1, le=10_000, validation_alias="OPENCLAW_GATEWAY_WS_MAX_IN_FLIGHT"
+    )
+    ws_max_messages_per_second: float = Field(
+        default=100.0, gt=0, validation_alias="OPENCLAW_GATEWAY_WS_MAX_MESSAGES_PER_SECOND"
+    )
+    # MQTT 5 ingress; an empty URL turns it off.
+    mqtt_url: str = Field(
+        default="", pattern=r"^(mqtts?://[^/\s]+)?$", validation_alias="OPENCLAW_GATEWAY_MQTT_URL"
+    )
+    mqtt_share_group: str = Field(
+        default="openclaw-gateway",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        validation_alias="OPENCLAW_GATEWAY_MQTT_SHARE_GROUP",
+    )
+    mqtt_topic_prefix: str = Field(
+        default="openclaw",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        validation_alias="OPENCLAW_GATEWAY_MQTT_TOPIC_PREFIX",
+    )
+
+    @model_validator(mode="after")
+    def _tls_needs_files(self) -> GatewaySettings:
+        if self.tls_port is not None and (self.tls_cert_file is None or self.tls_key_file is None):
+            raise ValueError(
+                "OPENCLAW_GATEWAY_TLS_PORT needs OPENCLAW_GATEWAY_TLS_CERT_FILE and OPENCLAW_GATEWAY_TLS_KEY_FILE"
+            )
+        return self
 
     @model_validator(mode="after")
     def _secret_required_outside_dev(self) -> GatewaySettings:

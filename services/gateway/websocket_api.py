@@ -1,0 +1,301 @@
+"""WebSocket ``/v1/ws``: tasks (submit, get, watch, cancel) and streamed chat on one connection.
+
+Frames are JSON objects with a ``type``; each request carries a client-chosen ``id`` that every answer to
+it repeats, so requests run side by side on one connection. A bad frame gets an ``error`` frame naming the
+problem and the connection stays open; a flood (more frames per second than allowed) is closed with 1008
+(policy violation). Frame size and ping/pong are enforced by the HTTP server (see httpserver.py). The schema
+is documented in docs/gateway.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from openclaw.v1 import router_pb2
+from services.common.errors import (
+    InvalidInputError,
+    OpenClawError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+)
+from services.gateway.auth import Principal, TokenVerifier
+from services.gateway.commands import TASK_COMMANDS, error_body, run_task_command, string_field
+from services.gateway.jsonbody import parse_json
+from services.gateway.metrics import REQUESTS, WEBSOCKET_CONNECTIONS
+from services.gateway.openai_api import ChatBackend, to_chat_request
+from services.gateway.openai_wire import OpenAIError, route_info
+from services.gateway.tasks import TaskService
+
+_log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("openclaw.gateway.websocket")
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+_MAX_ID = 128
+POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
+_KNOWN = (*TASK_COMMANDS, "watch", "chat", "stop", "auth")
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketPolicy:
+    """Per-connection limits of /v1/ws."""
+
+    auth_timeout_s: float = 10.0
+    max_in_flight: int = 32
+    max_messages_per_second: float = 100.0
+    heartbeat_s: float = 15.0
+
+
+class WebSocketRoutes:
+    """The /v1/ws endpoint over the task service and the router."""
+
+    def __init__(
+        self, tasks: TaskService, chat: ChatBackend, verifier: TokenVerifier, policy: WebSocketPolicy
+    ) -> None:
+        self.tasks = tasks
+        self.chat = chat
+        self.verifier = verifier
+        self.policy = policy
+
+    def routes(self) -> list[BaseRoute]:
+        return [WebSocketRoute("/v1/ws", self.endpoint)]
+
+    async def endpoint(self, ws: WebSocket) -> None:
+        await ws.accept()
+        WEBSOCKET_CONNECTIONS.inc()
+        try:
+            await _Connection(self, ws).run()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            WEBSOCKET_CONNECTIONS.dec()
+
+
+class _Connection:
+    """One client connection: authenticate, then read frames and run each request in its own task."""
+
+    def __init__(self, routes: WebSocketRoutes, ws: WebSocket) -> None:
+        self._r = routes
+        self._ws = ws
+        self._send_lock = asyncio.Lock()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._allowance = routes.policy.max_messages_per_second
+        self._last = time.monotonic()
+        # Each request is a SERVER span, continuing the upgrade request's traceparent if it had one.
+        carrier = {k: v for k, v in ws.headers.items() if k in _TRACE_HEADERS}
+        self._trace_parent = propagate.extract(carrier) if carrier else otel_context.Context()
+
+    async def run(self) -> None:
+        principal = await self._authenticate()
+        if principal is None:
+            return
+        await self._send({"type": "ready", "tenant": principal.tenant})
+        try:
+            while True:
+                raw = await self._receive()
+                if not self._admit():
+                    rate = self._r.policy.max_messages_per_second
+                    await self._ws.close(POLICY_VIOLATION, f"more than {rate:g} frames per second")
+                    return
+                self._dispatch(principal, raw)
+        finally:
+            for task in self._running.values():
+                task.cancel()
+            if self._running:
+                await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    async def _authenticate(self) -> Principal | None:
+        """The Authorization header if sent, else a first ``auth`` frame within the auth timeout."""
+        header = self._ws.headers.get("authorization")
+        try:
+            if header is not None:
+                return self._r.verifier.authenticate(header)
+            try:
+                raw = await asyncio.wait_for(self._receive(), self._r.policy.auth_timeout_s)
+            except TimeoutError:
+                raise UnauthenticatedError("no auth frame within the auth timeout") from None
+            doc = parse_json(raw, field="frame")
+            if not isinstance(doc, dict) or doc.get("type") != "auth":
+                raise UnauthenticatedError('the first frame must be {"type": "auth", "token": "<JWT>"}')
+            token = doc.get("token")
+            if not isinstance(token, str) or not token:
+                raise UnauthenticatedError("token: required, the JWT as a string")
+            return self._r.verifier.authenticate(f"Bearer {token}")
+        except OpenClawError as exc:
+            err = exc if isinstance(exc, UnauthenticatedError) else UnauthenticatedError(exc.message)
+            await self._send({"type": "error", "id": None, "error": error_body(err)})
+            await self._ws.close(POLICY_VIOLATION, "unauthenticated")
+            return None
+
+    def _admit(self) -> bool:
+        """A token bucket holding one second of frames."""
+        rate = self._r.policy.max_messages_per_second
+        now = time.monotonic()
+        self._allowance = min(rate, self._allowance + (now - self._last) * rate)
+        self._last = now
+        if self._allowance < 1:
+            return False
+        self._allowance -= 1
+        return True
+
+    async def _receive(self) -> str | bytes:
+        """The next message; a binary one is read as UTF-8 JSON too, so it never breaks the connection."""
+        message = await self._ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+        text: str | None = message.get("text")
+        if text is not None:
+            return text
+        data: bytes = message.get("bytes") or b""
+        return data
+
+    def _dispatch(self, principal: Principal, raw: str | bytes) -> None:
+        request_id: str | None = None
+        try:
+            doc = parse_json(raw, field="frame")
+            if not isinstance(doc, dict):
+                raise InvalidInputError("frame: must be a JSON object with a type", field="frame")
+            raw_id = doc.get("id")
+            if isinstance(raw_id, str) and 0 < len(raw_id) <= _MAX_ID:
+                request_id = raw_id
+            kind = doc.get("type")
+            if kind not in _KNOWN:
+                raise InvalidInputError(
+                    f"type: unknown frame type {kind!r}; known: {', '.join(_KNOWN)}", field="type"
+                )
+            if request_id is None:
+                raise InvalidInputError(f"id: required, a string of 1 to {_MAX_ID} characters", field="id")
+            if kind == "stop":
+                task = self._running.get(request_id)
+                if task is not None:
+                    task.cancel()
+                return
+            if kind == "auth":
+                raise InvalidInputError("type: already authenticated", field="type")
+            if request_id in self._running:
+                raise InvalidInputError(f"id: request {request_id!r} is still running", field="id")
+            if len(self._running) >= self._r.policy.max_in_flight:
+                raise ResourceExhaustedError(
+                    f"more than {self._r.policy.max_in_flight} requests in flight on this connection"
+                )
+        except OpenClawError as exc:
+            self._spawn(None, self._send({"type": "error", "id": request_id, "error": error_body(exc)}))
+            return
+        REQUESTS.labels("websocket").inc()
+        self._running[request_id] = self._spawn(request_id, self._serve(principal, request_id, kind, doc))
+
+    def _spawn(self, request_id: str | None, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        if request_id is not None:
+            task.add_done_callback(lambda _: self._running.pop(request_id, None))
+        return task
+
+    async def _serve(self, principal: Principal, rid: str, kind: str, doc: dict[str, Any]) -> None:
+        with _tracer.start_as_current_span(
+            f"ws {kind}",
+            context=self._trace_parent,
+            kind=SpanKind.SERVER,
+            attributes={"network.protocol.name": "websocket", "openclaw.request_id": rid},
+        ):
+            await self._serve_traced(principal, rid, kind, doc)
+
+    async def _serve_traced(self, principal: Principal, rid: str, kind: str, doc: dict[str, Any]) -> None:
+        try:
+            if kind in TASK_COMMANDS:
+                task = await run_task_command(self._r.tasks, principal.tenant, kind, doc)
+                await self._send({"type": "task", "id": rid, "task": task})
+            elif kind == "watch":
+                await self._watch(principal, rid, doc)
+            else:
+                await self._chat_stream(principal, rid, doc)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self._send({"type": "end", "id": rid, "reason": "stopped"})
+            raise
+        except OpenClawError as exc:
+            await self._send({"type": "error", "id": rid, "error": error_body(exc)})
+        except OpenAIError as exc:
+            body = {"code": "invalid_input", "message": exc.message, "retryable": False}
+            if exc.param:
+                body["details"] = {"param": exc.param}
+            await self._send({"type": "error", "id": rid, "error": body})
+        except WebSocketDisconnect:
+            pass
+        except Exception:
+            _log.exception("websocket request failed", extra={"request_type": kind})
+            body = {"code": "internal", "message": "internal error", "retryable": False}
+            with contextlib.suppress(Exception):
+                await self._send({"type": "error", "id": rid, "error": body})
+
+    async def _watch(self, principal: Principal, rid: str, doc: dict[str, Any]) -> None:
+        task_id = string_field(doc, "task_id")
+        after = string_field(doc, "after", required=False)
+        stream = await self._r.tasks.watch(
+            principal.tenant, task_id, after=after, heartbeat_s=self._r.policy.heartbeat_s
+        )
+        try:
+            async for event in stream:
+                if event is not None:
+                    await self._send({"type": "event", "id": rid, "event": event.to_api()})
+        finally:
+            await stream.aclose()
+        await self._send({"type": "end", "id": rid})
+
+    async def _chat_stream(self, principal: Principal, rid: str, doc: dict[str, Any]) -> None:
+        body = doc.get("request")
+        if not isinstance(body, dict):
+            raise InvalidInputError("request: required, an OpenAI chat completion body", field="request")
+        request = to_chat_request(body, tenant=principal.tenant, request_id=f"chatcmpl-{uuid.uuid4().hex}")
+        stream = aiter(self._r.chat.chat_stream(request))
+        model, finish, usage, route = request.model, "", None, None
+        try:
+            async for chunk in stream:
+                model = chunk.model or model
+                finish = chunk.finish_reason or finish
+                if chunk.HasField("usage"):
+                    usage = _usage(chunk.usage)
+                if chunk.HasField("route"):
+                    route = route_info(chunk.route)
+                if chunk.delta:
+                    await self._send({"type": "chat.delta", "id": rid, "delta": chunk.delta})
+        finally:
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
+        done: dict[str, Any] = {
+            "type": "chat.done",
+            "id": rid,
+            "model": model,
+            "finish_reason": finish or "stop",
+        }
+        if usage is not None:
+            done["usage"] = usage
+        if route is not None:
+            done["route"] = route
+        await self._send(done)
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        if self._ws.application_state is not WebSocketState.CONNECTED:
+            return
+        async with self._send_lock:
+            await self._ws.send_text(_encode(frame))
+
+
+def _usage(usage: router_pb2.Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
