@@ -28,6 +28,7 @@ _STATUS = {
     "failed": tasks_pb2.TASK_STATUS_FAILED,
     "cancelled": tasks_pb2.TASK_STATUS_CANCELLED,
     "retrying": tasks_pb2.TASK_STATUS_RETRYING,
+    "waiting": tasks_pb2.TASK_STATUS_WAITING,
 }
 Context = grpc.aio.ServicerContext[Any, Any]
 
