@@ -4,7 +4,7 @@ PIP     ?= .venv/bin/pip
 COMPOSE ?= docker compose -f deploy/compose/compose.yaml
 PROTOS  := $(wildcard proto/openclaw/v1/*.proto)
 
-.PHONY: help install proto run up down test test-unit test-integration test-e2e lint format bench certs clean
+.PHONY: help install proto run up down test test-unit test-integration test-e2e lint format bench bench-router certs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -52,6 +52,14 @@ format:
 bench: ## side-by-side benchmarks against the peers (not part of CI)
 	$(PIP) install -q -e '.[dev,bench]'
 	$(PY) -m bench.full_path
+
+.PHONY: bench-executor
+bench-executor: ## executor: 5,000 trivial tasks through the gateway beside Celery, and the engine's µs per step (not part of CI)
+	$(PY) -m bench.executor
+
+bench-router: ## our router vs the LiteLLM proxy (installed into .bench/ by the benchmark), same simulator
+	$(PIP) install -q -e '.[dev,bench]'
+	$(PY) -m bench.router
 
 clean:
 	rm -rf .venv openclaw/v1/*_pb2*.py openclaw/v1/*_pb2*.pyi .pytest_cache .mypy_cache

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -208,30 +209,36 @@ class LocalStack:
                 )
             time.sleep(0.1)
 
-    def start(self, timeout_s: float = 60.0, progress: bool = False) -> None:
-        """Start every process in dependency order and wait until each is ready."""
+    def start(
+        self, timeout_s: float = 60.0, progress: bool = False, only: Collection[str] | None = None
+    ) -> None:
+        """Start every process (or ``only`` those named) in dependency order and wait until each is ready."""
         cfg = self.config
+        wanted = set(only) if only is not None else {"simulator", "router", "executor", "gateway"}
 
         def step(message: str) -> None:
             if progress:
                 print(message, flush=True)
 
-        step(f"simulator   http://127.0.0.1:{cfg.simulator_port}  (SIMULATED provider, not a real model)")
-        sim = self._spawn("simulator", "services.simulator")
-        self._wait_http(sim, f"{cfg.simulator_url}/healthz", timeout_s)
-        step(f"router      grpc 127.0.0.1:{cfg.router_port}  metrics :{cfg.router_metrics_port}")
-        router = self._spawn("router", "services.router")
-        self._wait_port(router, cfg.router_port, timeout_s)
-        for i in range(cfg.executors):
+        if "simulator" in wanted:
+            step(f"simulator   http://127.0.0.1:{cfg.simulator_port}  (SIMULATED provider, not a real model)")
+            sim = self._spawn("simulator", "services.simulator")
+            self._wait_http(sim, f"{cfg.simulator_url}/healthz", timeout_s)
+        if "router" in wanted:
+            step(f"router      grpc 127.0.0.1:{cfg.router_port}  metrics :{cfg.router_metrics_port}")
+            router = self._spawn("router", "services.router")
+            self._wait_port(router, cfg.router_port, timeout_s)
+        for i in range(cfg.executors if "executor" in wanted else 0):
             step(f"executor-{i}  consuming {cfg.namespace}.tasks")
             metrics_port = cfg.executor_metrics_port + i if cfg.executor_metrics_port else free_port()
             executor = self._spawn(
                 f"executor-{i}", "services.executor", {"OPENCLAW_EXECUTOR_METRICS_PORT": str(metrics_port)}
             )
             self._wait_http(executor, f"http://127.0.0.1:{metrics_port}/readyz", timeout_s)
-        step(f"gateway     {cfg.gateway_url}  grpc 127.0.0.1:{cfg.gateway_grpc_port}")
-        gateway = self._spawn("gateway", "services.gateway")
-        self._wait_http(gateway, f"{cfg.gateway_url}/readyz", timeout_s)
+        if "gateway" in wanted:
+            step(f"gateway     {cfg.gateway_url}  grpc 127.0.0.1:{cfg.gateway_grpc_port}")
+            gateway = self._spawn("gateway", "services.gateway")
+            self._wait_http(gateway, f"{cfg.gateway_url}/readyz", timeout_s)
 
     def check_alive(self) -> list[str]:
         """Names of processes that have exited."""
