@@ -17,6 +17,7 @@ from typing import Any, cast
 from services.common.errors import InvalidInputError, NotFoundError
 from services.common.waits import SIGNAL_NAME
 from services.executor import expressions
+from services.executor.agent_spec import check_agent
 from services.executor.model import (
     CONTROL_TYPES,
     DSL_VERSION,
@@ -65,6 +66,7 @@ _STEP_FIELDS: dict[str, tuple[str, ...]] = {
     "parallel": (*_COMMON, "branches"),
     "workflow": (*_COMMON, "template", "workflow", "inputs"),
     "wait": (*_COMMON, "seconds", "until", "signal", "timeout"),
+    "agent": (*_COMMON, "agent"),
 }
 _RETRY_FIELDS = ("attempts", "backoff", "on")
 _BACKOFF_FIELDS = ("initial_s", "max_s", "multiplier")
@@ -260,6 +262,10 @@ class _Parser:
             fields.update(self.call(item, where, depth))
         elif kind == "wait":
             fields.update(self.wait(item, where))
+        elif kind == "agent":
+            for path, message in check_agent(item.get("agent"), self.known_ops):
+                self.add(f"{where}.agent{path}", message)
+            fields["agent"] = item.get("agent") if isinstance(item.get("agent"), dict) else {}
         else:
             fields.update(self.operation(item, where, op))
         return Step(**fields)

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from services.common.errors import InvalidInputError, OpenClawError, PayloadTooLargeError, TimeoutError_
 from services.executor import expressions, metrics
+from services.executor.agent import run_agent
 from services.executor.context import OpContext, OpServices, RunState
 from services.executor.expressions import ExpressionError
 from services.executor.failures import StepFailed, WorkflowCancelled, WorkflowParked
@@ -211,6 +212,8 @@ class Run:
             return await self.contained(keyed, self.flow.call(step, keyed, state, scope))
         if step.type == "wait":
             return await self.contained(keyed, self.flow.wait(step, keyed, scope))
+        if step.type == "agent":
+            return await self.contained(keyed, run_agent(self, step, keyed, state, scope))
         return await self.operation(step, keyed, state, scope)
 
     async def contained(self, keyed: Step, work: Awaitable[Any]) -> Any:

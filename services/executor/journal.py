@@ -18,6 +18,9 @@ T = TypeVar("T")
 # Checkpoint statuses a resumed run does not run again: skipped (its ``when`` was false) and recovered
 # (it failed, then its catch steps ran or it continued on error) count as done.
 COMPLETED = frozenset({"succeeded", "skipped", "recovered"})
+# An agent step's model turns and tool calls, each checkpointed under ``<step key>/turn<n>[/call<m>]`` (event
+# ``step.turn`` / ``step.tool_call``), so a redelivery replays them instead of asking or calling again.
+AGENT_RECORDS = frozenset({"turn", "tool_call"})
 
 
 class RedisCalls:
@@ -146,6 +149,30 @@ class TaskJournal:
             return False, None
         received = await self._redis(self._waits.signals, self._tenant, self._task_id)
         return (True, received[name]) if name in received else (False, None)
+
+    async def agent_records(self, key: str) -> dict[str, dict[str, Any]]:
+        states = self._claimed_steps
+        if states is None:
+            states = await self._redis(self._store.steps, self._tenant, self._task_id)
+        prefix = f"{key}/"
+        return {
+            k: s["output"]
+            for k, s in states.items()
+            if k.startswith(prefix) and s.get("status") in AGENT_RECORDS and isinstance(s.get("output"), dict)
+        }
+
+    async def agent_recorded(self, step: Step, record_key: str, kind: str, record: dict[str, Any]) -> None:
+        state = {
+            "status": kind,
+            "type": step.type,
+            "output": record,
+            "duration_ms": record.get("duration_ms", 0.0),
+            "attempt": self._attempt,
+            "finished_ms": now_ms(),
+        }
+        await self._redis(self._store.checkpoint, self._tenant, self._task_id, record_key, state)
+        if self._claimed_steps is not None:
+            self._claimed_steps[record_key] = state
 
     async def cancel_requested(self) -> bool:
         if self._cancel_known_clear:  # the claim just read the flag (it refuses a flagged task)

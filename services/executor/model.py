@@ -25,7 +25,7 @@ MAX_RETRY_ATTEMPTS = 10
 MAX_BACKOFF_S = 60.0
 # A wait parks the task (no worker or delivery is held), so it may be long; still bounded.
 MAX_WAIT_S = 30 * 24 * 3600.0
-CONTROL_TYPES = ("foreach", "parallel", "workflow", "wait")
+CONTROL_TYPES = ("foreach", "parallel", "workflow", "wait", "agent")
 
 
 @runtime_checkable
@@ -56,7 +56,8 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Step:
-    """One step: an operation (``type`` from the catalogue) or a control step (foreach, parallel, workflow).
+    """One step: an operation (``type`` from the catalogue) or a control step (foreach, parallel, workflow,
+    wait, agent).
 
     ``path`` is where it is in the document (``steps[2].branches[0][1]``), for error messages.
     """
@@ -86,6 +87,8 @@ class Step:
     wait_seconds: float | None = None
     wait_until: Any = None
     signal: str = ""
+    # agent: the ``agent`` object as written (values may hold expressions), checked against AgentSpec.
+    agent: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.path:

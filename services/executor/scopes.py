@@ -82,6 +82,8 @@ class _Checker:
                 self.value(step.inputs, f"{step.path}.inputs", here)
             elif step.type == "wait" and step.wait_until is not None:
                 self.value(step.wait_until, f"{step.path}.until", here)
+            elif step.type == "agent" and step.agent is not None:
+                self.value(step.agent, f"{step.path}.agent", here)
             joined: list[str] = []
             for branch in step.branches:
                 joined += self.sequence(branch, replace(here, prev=False))

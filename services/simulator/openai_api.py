@@ -21,7 +21,15 @@ from services.simulator._http import (
     read_json,
 )
 from services.simulator.behaviour import Behaviour, BehaviourTable, Fault, Stats
-from services.simulator.reply import Reply, compose, count_tokens, embedding, prompt_tokens
+from services.simulator.reply import (
+    Reply,
+    compose,
+    count_tokens,
+    embedding,
+    last_turn_text,
+    prompt_tokens,
+    scripted_call,
+)
 
 SYSTEM_FINGERPRINT = "openclaw-simulator"
 OWNER = "openclaw-simulator"
@@ -137,6 +145,16 @@ def _check_chat(body: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def _tool(body: dict[str, Any]) -> tuple[str, str] | None:
+    """The tool call to answer with, (name, arguments): a forced one, else the next scripted one, if any."""
+    forced = _forced_tool(body)
+    if forced is not None:
+        return forced, "{}"
+    if body.get("tools") and body.get("tool_choice", "auto") == "auto":
+        return scripted_call(body["messages"])
+    return None
+
+
 def _forced_tool(body: dict[str, Any]) -> str | None:
     """The function a request forces the model to call (``tool_choice`` naming one, or "required")."""
     tools = body.get("tools")
@@ -185,8 +203,10 @@ class OpenAIRoutes(ModelRoutes):
 
         messages: list[Any] = body["messages"]
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        tool = _forced_tool(body)
-        reply = compose(model, messages, max_tokens)
+        tool = _tool(body)
+        # After tool results the model speaks about them (an echo model repeats the last one).
+        text = last_turn_text(messages) if body.get("tools") else None
+        reply = compose(model, messages, max_tokens, text_of_turn=text)
         usage_in = prompt_tokens(messages)
         usage_out = 2 if tool is not None else reply.tokens
         usage = {
@@ -211,7 +231,7 @@ class OpenAIRoutes(ModelRoutes):
         message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None}
         if tool is not None:
             message["content"] = None
-            message["tool_calls"] = [_tool_call(head["id"], tool)]
+            message["tool_calls"] = [_tool_call(head["id"], *tool)]
         completion = {
             **head,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
@@ -333,16 +353,16 @@ def _check_embeddings(body: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _tool_call(completion_id: str, name: str) -> dict[str, Any]:
+def _tool_call(completion_id: str, name: str, arguments: str = "{}") -> dict[str, Any]:
     return {
         "id": f"call_{completion_id.rsplit('-', 1)[-1]}",
         "type": "function",
-        "function": {"name": name, "arguments": "{}"},
+        "function": {"name": name, "arguments": arguments},
     }
 
 
 def _stream_chunks(
-    head: dict[str, Any], reply: Reply, tool: str | None, usage: dict[str, int] | None
+    head: dict[str, Any], reply: Reply, tool: tuple[str, str] | None, usage: dict[str, int] | None
 ) -> list[bytes]:
     """Every SSE line of a streamed completion, ``data: [DONE]`` included."""
     base = {**head, "object": "chat.completion.chunk"}
@@ -359,11 +379,12 @@ def _stream_chunks(
         return opening + encode(delta).encode() + closing
 
     if tool is not None:
-        call = _tool_call(head["id"], tool)
-        first = {**call, "index": 0, "function": {"name": tool, "arguments": ""}}
+        name, arguments = tool
+        call = _tool_call(head["id"], name, arguments)
+        first = {**call, "index": 0, "function": {"name": name, "arguments": ""}}
         lines = [
             chunk({"role": "assistant", "content": None, "tool_calls": [first]}),
-            chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]}),
             chunk({}, "tool_calls"),
         ]
     else:

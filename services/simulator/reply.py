@@ -58,6 +58,45 @@ def last_user_text(messages: Sequence[object]) -> str:
     return ""
 
 
+SCRIPT_PREFIX = "sim-call:"
+"""A line ``sim-call: <tool> <arguments>`` in a system or user message scripts one tool call (see below)."""
+
+
+def scripted_call(messages: Sequence[object]) -> tuple[str, str] | None:
+    """The next scripted tool call (name, arguments as written), or None when the script is done or absent.
+
+    The script is every ``sim-call:`` line of the system and user messages, in order; the n-th is answered
+    once the conversation holds n - 1 assistant turns with tool calls. Arguments are the rest of the line,
+    verbatim (invalid JSON included, so tests can script a bad call), ``{}`` when empty.
+    """
+    script: list[tuple[str, str]] = []
+    calls_made = 0
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if role == "assistant" and message.get("tool_calls"):
+            calls_made += 1
+        if role not in ("system", "user"):
+            continue
+        for line in text_of(message.get("content")).splitlines():
+            line = line.strip()
+            if line.startswith(SCRIPT_PREFIX):
+                name, _, arguments = line[len(SCRIPT_PREFIX) :].strip().partition(" ")
+                if name:
+                    script.append((name, arguments.strip() or "{}"))
+    return script[calls_made] if calls_made < len(script) else None
+
+
+def last_turn_text(messages: Sequence[object]) -> str:
+    """What the model answers: the tool result the conversation ends with, else the last user message."""
+    if messages:
+        last = messages[-1]
+        if isinstance(last, dict) and last.get("role") == "tool":
+            return text_of(last.get("content"))
+    return last_user_text(messages)
+
+
 def count_tokens(text: str) -> int:
     """Simulated token count: whitespace-separated words."""
     return len(text.split())
@@ -89,9 +128,11 @@ def reply_text(model: str, user_text: str) -> str:
     )
 
 
-def compose(model: str, messages: Sequence[object], max_tokens: int | None = None) -> Reply:
-    """The reply to a conversation, cut short after ``max_tokens`` words if given."""
-    text = reply_text(model, last_user_text(messages))
+def compose(
+    model: str, messages: Sequence[object], max_tokens: int | None = None, *, text_of_turn: str | None = None
+) -> Reply:
+    """The reply to a conversation (or to ``text_of_turn``), cut short after ``max_tokens`` words if given."""
+    text = reply_text(model, last_user_text(messages) if text_of_turn is None else text_of_turn)
     pieces = tuple(_PIECE.findall(text))
     if max_tokens is not None and len(pieces) > max_tokens:
         pieces = pieces[:max_tokens]
