@@ -4,7 +4,7 @@ PIP     ?= .venv/bin/pip
 COMPOSE ?= docker compose -f deploy/compose/compose.yaml
 PROTOS  := $(wildcard proto/openclaw/v1/*.proto)
 
-.PHONY: help install proto run up down test test-unit test-integration test-e2e lint format bench bench-router certs clean
+.PHONY: help install proto run up down test test-unit test-integration test-e2e lint format bench bench-router demo certs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -56,6 +56,9 @@ bench: ## side-by-side benchmarks against the peers (not part of CI)
 .PHONY: bench-executor
 bench-executor: ## executor: 5,000 trivial tasks through the gateway beside Celery, and the engine's µs per step (not part of CI)
 	$(PY) -m bench.executor
+
+demo: ## steady demo traffic against the running gateway (make run or make up first), for the dashboards
+	$(PY) -m openclaw.cli demo
 
 bench-router: ## our router vs the LiteLLM proxy (installed into .bench/ by the benchmark), same simulator
 	$(PIP) install -q -e '.[dev,bench]'
