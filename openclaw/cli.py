@@ -374,7 +374,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_tasks(sub)
     dlq.register(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # `openclaw ops list | head`: the reader left; stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _add_templates(sub: Any) -> None:
