@@ -1,6 +1,9 @@
 """Task state in Redis: the record, step checkpoints, the event stream and idempotency keys.
 
-Keys are namespaced by tenant, so a tenant can only ever address its own tasks.
+Keys are namespaced by tenant, so a tenant can only ever address its own tasks. With a Sealer (master keys
+configured), the tenant's data is encrypted at rest: the workflow, inputs, result and error fields, every step
+checkpoint and the data and error of every event; the Lua scripts treat them as opaque strings, and every read
+here returns plaintext. Values written without a sealer (older records, scripts' own events) read as they are.
 """
 
 from __future__ import annotations
@@ -8,17 +11,23 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
 from services.common.envelope import now_ms
-from services.common.errors import InvalidInputError, UnavailableError
+from services.common.errors import InvalidInputError, OpenClawError, UnavailableError
+
+if TYPE_CHECKING:
+    from services.common.encryption import Sealer
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 STATUSES = frozenset({"queued", "running", "retrying", "waiting", *TERMINAL})
 _TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SEALED_PREFIX = "enc:v1:"  # services.common.encryption.TEXT_PREFIX
+# Task hash fields that hold the tenant's data.
+SEALED_FIELDS = ("workflow", "inputs", "result", "error")
 
 # Moves a task to a new status unless it already ended; appends the event. A task that ends also gets
 # its one entry on the "done" stream (what long-polls block on) and every key of it expires. A step
@@ -138,10 +147,24 @@ return 1
 """
 
 
+# Words used as the first segment of deployment-wide keys (``{ns}:audit:...``, ``{ns}:quota:...``): a tenant with
+# one of these ids would share that first segment with them (tenant keys are ``{ns}:{tenant}:...``), so they are
+# refused as tenant ids. tests/unit/test_tenant_ids.py keeps this list in step with the code.
+RESERVED_TENANTS = frozenset(
+    {
+        "apikey", "apikeys", "audit", "breaker", "breakers", "chatseen", "conv", "dek", "deks", "dlq", "kv",
+        "models", "paired", "pairing", "quota", "ratelimit", "router", "schedule", "slots", "tenants", "waiting",
+        "task", "idem", "ops", "system", "admin",
+    }
+)  # fmt: skip
+
+
 def check_tenant(tenant: str) -> str:
-    """Tenant ids become key segments: only a safe alphabet is allowed."""
+    """Tenant ids become key segments: only a safe alphabet, and never a word deployment-wide keys start with."""
     if not _TENANT.match(tenant):
         raise InvalidInputError(f"invalid tenant id {tenant!r}")
+    if tenant.lower() in RESERVED_TENANTS:
+        raise InvalidInputError(f"tenant id {tenant!r} is reserved")
     return tenant
 
 
@@ -260,21 +283,21 @@ def event_json(task_id: str, type_: str, **fields: Any) -> str:
     return _event(task_id, type_, **fields)
 
 
-def _checkpoint_args(task_id: str, step_id: str, state: dict[str, Any]) -> tuple[str, str]:
-    """(stored state, event) of a step checkpoint."""
-    status = state.get("status")
-    event_type = "step.completed" if status == "succeeded" else f"step.{status}"
-    event = _event(task_id, event_type, step_id=step_id, data=state.get("output"), error=state.get("error"))
-    return json.dumps(state, default=str), event
-
-
 class TaskStore:
     """Reads and writes task state; every write that changes status is atomic with its event."""
 
-    def __init__(self, redis: Redis, namespace: str, *, result_ttl_s: int = 7 * 24 * 3600) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        namespace: str,
+        *,
+        result_ttl_s: int = 7 * 24 * 3600,
+        sealer: Sealer | None = None,
+    ) -> None:
         self._redis = redis
         self._ns = namespace
         self._ttl = result_ttl_s
+        self._sealer = sealer
         self._transition = redis.register_script(_TRANSITION)
         self._cancel = redis.register_script(_CANCEL)
         self._claim = redis.register_script(_CLAIM)
@@ -302,6 +325,57 @@ class TaskStore:
     @property
     def result_ttl_s(self) -> int:
         return self._ttl
+
+    @property
+    def sealer(self) -> Sealer | None:
+        """What encrypts the tenant's data at rest (None: stored in plaintext)."""
+        return self._sealer
+
+    async def _seal(self, tenant: str, value: str, where: str) -> str:
+        if self._sealer is None or not value:
+            return value
+        return await self._sealer.seal_text(tenant, value, where)
+
+    async def _open(self, tenant: str, value: str, where: str) -> str:
+        if not value.startswith(SEALED_PREFIX):
+            return value
+        if self._sealer is None:
+            raise OpenClawError(
+                f"{where}: encrypted, but this process has no master keys (OPENCLAW_MASTER_KEYS)"
+            )
+        return await self._sealer.open_text(tenant, value, where)
+
+    async def _event(self, tenant: str, task_id: str, type_: str, **fields: Any) -> str:
+        """An event body; with a sealer, its data and error travel sealed in ``sealed``."""
+        data, error = fields.pop("data", None), fields.pop("error", None)
+        if self._sealer is None or (data in (None, "") and not error):
+            return _event(task_id, type_, data=data, error=error, **fields)
+        payload = json.dumps({"data": data, "error": error}, default=str, separators=(",", ":"))
+        sealed = await self._sealer.seal_text(tenant, payload, f"task:{task_id}:event")
+        return _event(task_id, type_, sealed=sealed, **fields)
+
+    async def _checkpoint_args(
+        self, tenant: str, task_id: str, step_id: str, state: dict[str, Any]
+    ) -> tuple[str, str]:
+        """(stored state, event) of a step checkpoint."""
+        status = state.get("status")
+        event_type = "step.completed" if status == "succeeded" else f"step.{status}"
+        event = await self._event(
+            tenant, task_id, event_type, step_id=step_id, data=state.get("output"), error=state.get("error")
+        )
+        stored = await self._seal(tenant, json.dumps(state, default=str), f"task:{task_id}:step:{step_id}")
+        return stored, event
+
+    async def _step_state(self, tenant: str, task_id: str, step_id: str, raw: str) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(await self._open(tenant, raw, f"task:{task_id}:step:{step_id}"))
+        return value
+
+    async def _record(self, tenant: str, task_id: str, data: dict[str, str]) -> TaskRecord:
+        """A task record from its hash, its sealed fields opened."""
+        for name in SEALED_FIELDS:
+            if data.get(name, "").startswith(SEALED_PREFIX):
+                data[name] = await self._open(tenant, data[name], f"task:{task_id}:{name}")
+        return TaskRecord.from_hash(data)
 
     def _keys(self, tenant: str, task_id: str) -> tuple[str, str, str]:
         base = self._key(tenant, task_id)
@@ -333,13 +407,13 @@ class TaskStore:
             "created_ms": str(now),
             "updated_ms": str(now),
             "trace_id": record.trace_id,
-            "workflow": workflow_json,
-            "inputs": inputs_json,
+            "workflow": await self._seal(record.tenant, workflow_json, f"task:{record.id}:workflow"),
+            "inputs": await self._seal(record.tenant, inputs_json, f"task:{record.id}:inputs"),
             "idempotency_key": idempotency_key,
             "deadline_ms": str(deadline_ms),
         }
         flat = [item for pair in mapping.items() for item in pair]
-        event = _event(record.id, "task.queued", status=record.status)
+        event = await self._event(record.tenant, record.id, "task.queued", status=record.status)
         if not idempotency_key:
             await self._create(keys=[task_key, events_key], args=[event, *flat])
             return record, True
@@ -366,7 +440,11 @@ class TaskStore:
             self._key(tenant, task_id), ["workflow", "inputs", "deadline_ms", "enqueued"]
         )
         keys = ("workflow", "inputs", "deadline_ms", "enqueued")
-        return {k: str(v) for k, v in zip(keys, values, strict=True) if v is not None}
+        out = {k: str(v) for k, v in zip(keys, values, strict=True) if v is not None}
+        for name in ("workflow", "inputs"):
+            if name in out:
+                out[name] = await self._open(tenant, out[name], f"task:{task_id}:{name}")
+        return out
 
     async def forget_idempotency(self, tenant: str, idempotency_key: str) -> None:
         """Release a key whose submit failed, so the client's retry creates the task afresh."""
@@ -378,7 +456,7 @@ class TaskStore:
         data: dict[str, str] = await self._redis.hgetall(self._key(tenant, task_id))  # type: ignore[misc]
         if not data:
             return None
-        record = TaskRecord.from_hash({str(k): str(v) for k, v in data.items()})
+        record = await self._record(tenant, task_id, {str(k): str(v) for k, v in data.items()})
         if with_steps:
             record.steps = await self.steps(tenant, task_id)
         return record
@@ -386,7 +464,7 @@ class TaskStore:
     async def workflow_of(self, tenant: str, task_id: str) -> str | None:
         """The stored workflow JSON of a task."""
         value = await self._redis.hget(self._key(tenant, task_id), "workflow")  # type: ignore[misc]
-        return str(value) if value is not None else None
+        return await self._open(tenant, str(value), f"task:{task_id}:workflow") if value is not None else None
 
     async def transition(
         self,
@@ -411,11 +489,13 @@ class TaskStore:
         task_key, events_key, steps_key = self._keys(tenant, task_id)
         flat: list[str] = []
         for k, v in (fields or {}).items():
-            flat += [k, v]
-        event = _event(task_id, event_type, status=status, step_id=step_id, data=data, error=error)
+            flat += [k, await self._seal(tenant, v, f"task:{task_id}:{k}") if k in SEALED_FIELDS else v]
+        event = await self._event(
+            tenant, task_id, event_type, status=status, step_id=step_id, data=data, error=error
+        )
         step: list[str] = ["", "", ""]
         if checkpoint is not None:
-            step = [checkpoint[0], *_checkpoint_args(task_id, *checkpoint)]
+            step = [checkpoint[0], *await self._checkpoint_args(tenant, task_id, *checkpoint)]
         changed, previous = await self._transition(
             keys=[task_key, events_key, steps_key, f"{task_key}:done"],
             args=[status, str(now_ms()), event, str(len(flat)), *flat, str(self._ttl), *step],
@@ -446,11 +526,13 @@ class TaskStore:
         never runs beside the first run. The owner keeps the lease with ``renew_lease``.
         """
         task_key, events_key, steps_key = self._keys(tenant, task_id)
-        event = _event(task_id, "task.started", status="running", data=data)
+        event = await self._event(tenant, task_id, "task.started", status="running", data=data)
         step_id, step_event = "", ""
         if first_step is not None:
             step_id = first_step[0]
-            step_event = _event(task_id, "step.started", step_id=step_id, data=first_step[1])
+            step_event = await self._event(
+                tenant, task_id, "step.started", step_id=step_id, data=first_step[1]
+            )
         reply = await self._claim(
             keys=[task_key, events_key, steps_key],
             args=[
@@ -467,7 +549,10 @@ class TaskStore:
         outcome, status = str(reply[0]), str(reply[1])
         if outcome != "claimed":
             return TaskClaim(outcome, status)
-        steps = {str(reply[i]): json.loads(reply[i + 1]) for i in range(3, len(reply) - 1, 2)}
+        steps = {
+            str(reply[i]): await self._step_state(tenant, task_id, str(reply[i]), str(reply[i + 1]))
+            for i in range(3, len(reply) - 1, 2)
+        }
         return TaskClaim(outcome, status, steps, step_started=str(reply[2]))
 
     async def renew_lease(self, tenant: str, task_id: str, owner: str, lease_ms: int) -> bool:
@@ -485,22 +570,22 @@ class TaskStore:
     ) -> None:
         """Append a non-status event (step progress)."""
         _, events_key, _ = self._keys(tenant, task_id)
-        await self._redis.xadd(
-            events_key, {"e": _event(task_id, event_type, step_id=step_id, data=data)}, maxlen=10000
-        )
+        event = await self._event(tenant, task_id, event_type, step_id=step_id, data=data)
+        await self._redis.xadd(events_key, {"e": event}, maxlen=10000)
 
     async def checkpoint(self, tenant: str, task_id: str, step_id: str, state: dict[str, Any]) -> None:
         """Record a finished step durably before the next one starts, with its event, atomically."""
         _, events_key, steps_key = self._keys(tenant, task_id)
         await self._checkpoint(
-            keys=[steps_key, events_key], args=[step_id, *_checkpoint_args(task_id, step_id, state)]
+            keys=[steps_key, events_key],
+            args=[step_id, *await self._checkpoint_args(tenant, task_id, step_id, state)],
         )
 
     async def steps(self, tenant: str, task_id: str) -> dict[str, dict[str, Any]]:
         """Checkpointed step states by step id."""
         _, _, steps_key = self._keys(tenant, task_id)
         raw: dict[str, str] = await self._redis.hgetall(steps_key)  # type: ignore[misc]
-        return {str(k): json.loads(v) for k, v in raw.items()}
+        return {str(k): await self._step_state(tenant, task_id, str(k), str(v)) for k, v in raw.items()}
 
     async def cancel_requested(self, tenant: str, task_id: str) -> bool:
         """Whether someone asked to cancel this task."""
@@ -539,7 +624,9 @@ class TaskStore:
             pipe.xread({f"{task_key}:done": "0-0"}, count=1, block=max(1, block_ms))
             pipe.hgetall(task_key)
             ended, data = await pipe.execute()
-        record = TaskRecord.from_hash({str(k): str(v) for k, v in data.items()}) if data else None
+        record = (
+            await self._record(tenant, task_id, {str(k): str(v) for k, v in data.items()}) if data else None
+        )
         return bool(ended), record
 
     async def events(
@@ -552,6 +639,9 @@ class TaskStore:
         for _stream, entries in reply or ():
             for entry_id, fields in entries:
                 body = json.loads(fields["e"])
+                if "sealed" in body:
+                    where = f"task:{task_id}:event"
+                    body.update(json.loads(await self._open(tenant, body.pop("sealed"), where)))
                 out.append(
                     TaskEventRecord(
                         event_id=str(entry_id),

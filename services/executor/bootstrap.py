@@ -12,16 +12,20 @@ import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from redis.asyncio import Redis
 
+from services.common.audit import AuditLog
+from services.common.encryption import Keyring, Sealer
 from services.common.hop import Hop
 from services.common.ops_server import OpsServer
 from services.common.publisher import TaskPublisher
 from services.common.redis_client import open_redis
 from services.common.router_client import RouterClient
 from services.common.taskstore import TaskStore
+from services.common.tenants import TenantDirectory, load_file
 from services.common.topology import Topology
 from services.executor import plugins
 from services.executor.context import ChatClient, OpServices
 from services.executor.engine import Engine
+from services.executor.governance import Governance
 from services.executor.ops import Catalogue, catalogue
 from services.executor.ops.http import HttpClient
 from services.executor.settings import ExecutorSettings
@@ -60,6 +64,8 @@ class ExecutorApp:
         self.router: ChatClient | None = None
         self.http: HttpClient | None = None
         self.worker: Worker | None = None
+        self.governance: Governance | None = None
+        self.sealer: Sealer | None = None
         self.ops = OpsServer(settings.metrics_host, settings.metrics_port, self.readiness)
         self._started = False
 
@@ -100,12 +106,20 @@ class ExecutorApp:
             http=self.http,
             router_timeout_s=s.router_timeout_s,
             max_output_bytes=s.max_output_bytes,
+            redis=self.redis,
+            amqp=self.connection,
+            namespace=s.namespace,
         )
-        engine = Engine(self.catalogue, services, max_output_bytes=s.max_output_bytes)
+        self.governance = await self._start_governance(self.redis)
+        self.sealer = _sealer(s, self.redis)
+        engine = Engine(
+            self.catalogue, services, max_output_bytes=s.max_output_bytes, governance=self.governance
+        )
         self.worker = Worker(
             connection=self.connection,
             topology=self.topology,
-            store=TaskStore(self.redis, s.namespace),
+            store=TaskStore(self.redis, s.namespace, sealer=self.sealer),
+            governance=self.governance,
             publisher=self.publisher,
             engine=engine,
             prefetch=s.prefetch,
@@ -125,6 +139,8 @@ class ExecutorApp:
         """Drain the worker, then close what start() opened (overrides are left to their owner)."""
         if self.worker is not None:
             await self.worker.stop()
+        if self.governance is not None:
+            await self.governance.stop()  # after the drain: the last operations' audit records are written
         if self.publisher is not None:
             await self.publisher.close()
         for resource in reversed(self._owned):
@@ -158,9 +174,36 @@ class ExecutorApp:
         checks.setdefault("redis", "down")
         return amqp_ok and consuming and redis_ok, checks
 
+    async def _start_governance(self, redis: Redis) -> Governance:
+        """The tenants' policies (the gateway's file and admin overrides) and the audit log, started."""
+        s = self.settings
+        configured, default = load_file(s.tenants_file) if s.tenants_file else ({}, None)
+        tenants = TenantDirectory(
+            redis, s.namespace, configured=configured, default=default, closed=s.tenants_mode == "closed"
+        )
+        audit = None
+        if s.audit_enabled:
+            audit = AuditLog(redis, s.namespace, s.audit_key_bytes(), service="executor")
+        governance = Governance(tenants, audit)
+        await governance.start()
+        return governance
+
     def _own(self, resource: Any) -> Any:
         self._owned.append(resource)
         return resource
+
+
+def _sealer(settings: ExecutorSettings, redis: Redis) -> Sealer | None:
+    """What encrypts task data at rest: only with master keys configured (never a built-in key)."""
+    master = settings.master_key_set()
+    if master is None:
+        log.warning(
+            "encryption at rest is off: task data is stored in plaintext (set OPENCLAW_MASTER_KEYS and "
+            "OPENCLAW_MASTER_KEY_ID to encrypt it)"
+        )
+        return None
+    log.info("encryption at rest is on", extra={"master_key_id": master.current})
+    return Sealer(Keyring(redis, settings.namespace, master))
 
 
 def _default_catalogue(settings: ExecutorSettings) -> Catalogue:

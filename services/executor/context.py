@@ -11,6 +11,9 @@ from openclaw.v1 import router_pb2
 from services.common.errors import InvalidInputError, UnavailableError
 
 if TYPE_CHECKING:
+    from aio_pika.abc import AbstractConnection
+    from redis.asyncio import Redis
+
     from services.executor.dsl import Workflow
     from services.executor.ops.http import HttpClient
 
@@ -34,6 +37,11 @@ class OpServices:
     router_timeout_s: float = 120.0
     # The engine refuses larger step outputs, so operations stop reading past it.
     max_output_bytes: int = 1024 * 1024
+    # The executor's own Redis (kv ops, under "<namespace>:kv:<tenant>:") and AMQP connection (amqp_publish,
+    # which refuses the namespace's own exchanges).
+    redis: Redis | None = None
+    amqp: AbstractConnection | None = None
+    namespace: str = "openclaw"
 
     def credential(self, name: str) -> Mapping[str, str]:
         """A named credential set from the executor's settings."""
@@ -54,6 +62,16 @@ class OpServices:
         if self.http is None:
             raise UnavailableError("this executor has no HTTP client configured")
         return self.http
+
+    def require_redis(self) -> Redis:
+        if self.redis is None:
+            raise UnavailableError("this executor has no Redis client configured")
+        return self.redis
+
+    def require_amqp(self) -> AbstractConnection:
+        if self.amqp is None:
+            raise UnavailableError("this executor has no AMQP connection configured")
+        return self.amqp
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -19,7 +19,7 @@ def _env(name: str, *also: str) -> str | AliasChoices:
     return AliasChoices(primary, *also) if also else primary
 
 
-_SCOPE_KEYS = ("tenants", "hosts", "buckets", "prefixes")
+_SCOPE_KEYS = ("tenants", "hosts", "buckets", "prefixes", "exchanges", "topics")
 
 
 def _scope_list(name: str, key: str, raw: Any) -> str:
@@ -74,7 +74,9 @@ class ExecutorSettings(CommonSettings):
     "region_name": ..., "buckets": ["reports"]}, "api": {"bearer_token": ..., "tenants": ["acme"],
     "hosts": ["api.example.com"]}}``. ``tenants``, ``hosts``, ``buckets`` and ``prefixes`` (of S3 object keys)
     limit who may use a set and where it may be sent (omitted: no limit); they are kept as comma-separated
-    strings."""
+    strings. Messaging sets: ``exchanges`` (RabbitMQ exchanges amqp_publish may use; required, ``name.*``
+    matches a prefix), ``url``/``username``/``password``/``topics`` (MQTT broker and the topic filters
+    mqtt_publish may use), ``signing_secret`` (webhooks); SQL sets: ``dsn`` (PostgreSQL)."""
     http_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, validation_alias=_env("http_max_bytes"))
     """Largest HTTP response or download an operation accepts."""
     http_timeout_s: float = Field(default=30.0, gt=0, le=600, validation_alias=_env("http_timeout_s"))
@@ -84,6 +86,12 @@ class ExecutorSettings(CommonSettings):
     """Largest JSON output a step may checkpoint (outputs live in Redis)."""
     s3_max_threads: int = Field(default=8, ge=1, le=256, validation_alias=_env("s3_max_threads"))
     """Threads for S3 transfers (boto3 blocks), apart from the pool DNS lookups and file operations use."""
+    tenants_file: Path | None = None
+    """The tenants YAML the gateway reads (OPENCLAW_TENANTS_FILE): policies are checked again at run time."""
+    tenants_mode: Literal["open", "closed"] = "open"
+    """OPENCLAW_TENANTS_MODE, as for the gateway: closed refuses tasks of tenants that are not defined."""
+    audit_enabled: bool = True
+    """OPENCLAW_AUDIT_ENABLED: every operation run and agent tool call appends to the tenant's audit chain."""
 
     @field_validator("retry_delays_ms")
     @classmethod

@@ -98,5 +98,6 @@ def _one_line(text: str) -> str:
 
 
 def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else value
+    # Strings print bare unless they hold control characters ("\r\n" as a default), which would break the table.
+    text = value if isinstance(value, str) and value.isprintable() else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
