@@ -159,17 +159,25 @@ class Attempt:
     outcome: str
     error: str = ""
     duration_ms: float = 0.0
+    deployment: str = ""
+    reason: str = ""
+    queue_ms: float = 0.0
 
 
 @dataclass(frozen=True)
 class RouteInfo:
-    """Which model served the request, how long it queued, and every attempt made."""
+    """Which model and deployment served the request and why, how long it queued, and every attempt made."""
 
     model: str = ""
     provider: str = ""
     queue_ms: float = 0.0
     attempts: tuple[Attempt, ...] = ()
     simulated: bool = False
+    deployment: str = ""
+    reason: str = ""
+    priority: str = ""
+    table_version: int = 0
+    committed: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,6 +217,8 @@ class ModelInfo:
     simulated: bool
     has_api_key: bool
     api_key_env: str = ""
+    deployments: tuple[dict[str, Any], ...] = ()
+    """The endpoints of a model group (no keys), as dicts of their fields; empty for a one-endpoint model."""
 
 
 def _usage(usage: router_pb2.Usage) -> Usage:
@@ -221,9 +231,17 @@ def _route(route: router_pb2.RouteInfo) -> RouteInfo:
         provider=route.provider,
         queue_ms=route.queue_ms,
         attempts=tuple(
-            Attempt(a.model, a.provider, a.outcome, a.error, a.duration_ms) for a in route.attempts
+            Attempt(
+                a.model, a.provider, a.outcome, a.error, a.duration_ms, a.deployment, a.reason, a.queue_ms
+            )
+            for a in route.attempts
         ),
         simulated=route.simulated,
+        deployment=route.deployment,
+        reason=route.reason,
+        priority=route.priority,
+        table_version=route.table_version,
+        committed=route.committed,
     )
 
 
@@ -243,7 +261,18 @@ def _model_info(model: router_pb2.Model) -> ModelInfo:
         simulated=model.simulated,
         has_api_key=model.has_api_key,
         api_key_env=model.api_key_env,
+        deployments=tuple(
+            {f.name: getattr(d, f.name) for f in d.DESCRIPTOR.fields} for d in model.deployments
+        ),
     )
+
+
+def _deployment(data: Mapping[str, Any]) -> router_pb2.Deployment:
+    """A deployment definition from a dict of its fields (``name``, ``endpoint``, ``weight``...)."""
+    try:
+        return router_pb2.Deployment(**dict(data))
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequestError(f"deployments: {exc}") from None
 
 
 @dataclass
@@ -340,6 +369,12 @@ _MODEL_FIELDS = (
     "api_key_env",
     "timeout_seconds",
     "simulated",
+    "deployments",
+    "rpm",
+    "tpm",
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "context_window",
 )
 
 
@@ -379,6 +414,7 @@ class ModelRouter:
         api_key_env: str = "",
         timeout_seconds: float = 0.0,
         simulated: bool = False,
+        deployments: Sequence[Mapping[str, Any]] = (),
     ) -> ModelInfo:
         """Register a model at run time and return it as the router now reports it.
 
@@ -389,6 +425,8 @@ class ModelRouter:
         router process holding the key; the router accepts only names matching its
         ``OPENCLAW_ROUTER_API_KEY_ENV_PATTERN`` (by default ``..._API_KEY``). Raises :class:`ModelExistsError` if
         the name is taken, :class:`AdminAccessError` if the router refuses admin calls from this client.
+        ``deployments`` makes the model a group of endpoints (dicts with ``name``, ``endpoint``, ``weight``,
+        ``max_concurrency``, ``rpm``, ``tpm``, costs, ``context_window``...; unset fields come from the model).
         """
         model = router_pb2.Model(
             name=name,
@@ -401,6 +439,7 @@ class ModelRouter:
             api_key_env=api_key_env,
             timeout_seconds=timeout_seconds,
             simulated=simulated,
+            deployments=[_deployment(d) for d in deployments],
         )
         return _model_info(self._admin(self._stub.AddModel, router_pb2.AddModelRequest(model=model)))
 
@@ -417,6 +456,8 @@ class ModelRouter:
         for key, value in changes.items():
             if key == "fallback_models":
                 model.fallback_models.extend(value)
+            elif key == "deployments":
+                model.deployments.extend(_deployment(d) for d in value)
             else:
                 setattr(model, key, value)
         request = router_pb2.UpdateModelRequest(
@@ -447,9 +488,13 @@ class ModelRouter:
         top_p: float | None,
         stop: Sequence[str] | None,
         extra: Mapping[str, Any] | None,
+        priority: str = "",
     ) -> router_pb2.ChatRequest:
         request = router_pb2.ChatRequest(
-            model=model, messages=_messages(messages, prompt, system), stop=list(stop or ())
+            model=model,
+            messages=_messages(messages, prompt, system),
+            stop=list(stop or ()),
+            priority=priority,
         )
         if temperature is not None:
             request.temperature = temperature
@@ -476,14 +521,18 @@ class ModelRouter:
         stop: Sequence[str] | None = None,
         extra: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        priority: str = "",
     ) -> ChatResult:
         """One chat completion, with fallbacks walked by the router.
 
         Pass ``messages`` (dicts with role and content, as in the OpenAI API, or ``(role, content)``
         tuples) and/or a ``prompt`` (appended as a user message). ``extra`` passes provider fields through
-        (``tools``, ``tool_choice``, ``response_format``...).
+        (``tools``, ``tool_choice``, ``response_format``...). ``priority`` is the queueing class:
+        "interactive" (the router's default), "agent" or "batch".
         """
-        request = self._request(model, messages, prompt, system, temperature, max_tokens, top_p, stop, extra)
+        request = self._request(
+            model, messages, prompt, system, temperature, max_tokens, top_p, stop, extra, priority
+        )
         response = self._call(self._stub.Chat, request, timeout)
         return ChatResult(
             content=response.message.content,
@@ -508,12 +557,15 @@ class ModelRouter:
         stop: Sequence[str] | None = None,
         extra: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        priority: str = "",
     ) -> ChatStream:
         """A streamed chat completion: iterate for text deltas; usage and route are on the stream after.
 
         The router fails over to a fallback model only before the first delta arrives.
         """
-        request = self._request(model, messages, prompt, system, temperature, max_tokens, top_p, stop, extra)
+        request = self._request(
+            model, messages, prompt, system, temperature, max_tokens, top_p, stop, extra, priority
+        )
         call = self._stub.ChatStream(request, timeout=timeout or self.timeout)
         return ChatStream(call, call)
 

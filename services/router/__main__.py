@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.common.errors import InvalidInputError
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
 from services.router.bootstrap import RouterApp, build
@@ -59,6 +60,9 @@ def main() -> int:
         app = build(settings)
     except ModelConfigError as exc:
         log.error("bad model table: %s", exc.message)
+        return 2
+    except (InvalidInputError, ValueError) as exc:  # the model catalogue file, the master keys
+        log.error("bad configuration: %s", exc)
         return 2
     setup_tracing(SERVICE_NAME, settings.otlp_endpoint)
     try:

@@ -9,11 +9,14 @@ from collections.abc import Mapping
 import grpc
 from grpc_health.v1 import health
 from opentelemetry import trace
+from redis.asyncio import Redis
 
 from services.common import rpc
 from services.common.ops_server import OpsServer
+from services.router.pipeline import Pipeline, build_pipeline
 from services.router.providers import HttpPool, ProviderAdapter, build_adapters
 from services.router.registry import ModelSpec, Registry, SpecContext, load_models
+from services.router.replicas import SharedState, build_shared
 from services.router.routing import Router, RoutingPolicy
 from services.router.servicer import SERVICE, AdminAccess, RouterServicer, add_to_server, is_loopback
 from services.router.settings import RouterSettings
@@ -60,12 +63,22 @@ class RouterApp:
         pool: HttpPool,
         *,
         ops: bool = True,
+        pipeline: Pipeline | None = None,
+        shared: SharedState | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.router = router
         self.pool = pool
-        self.servicer = RouterServicer(router, registry, admin=admin_access(settings))
+        self.pipeline = pipeline or build_pipeline(settings, router)
+        self.shared = shared or SharedState()
+        self.servicer = RouterServicer(
+            router,
+            registry,
+            admin=admin_access(settings),
+            pipeline=self.pipeline,
+            table_sync=self.shared.table_sync,
+        )
         self._ops_enabled = ops
         self.ops: OpsServer | None = None
         self.server: grpc.aio.Server | None = None
@@ -96,6 +109,7 @@ class RouterApp:
     async def start(self) -> None:
         """Open the HTTP pool, bind and start the gRPC server and the ops endpoint."""
         await self.pool.start()
+        await self.shared.start()  # the shared table and breakers are in force before the first call
         server = grpc.aio.server(options=_SERVER_OPTIONS)
         add_to_server(self.servicer, server)
         self._health = rpc.add_health_and_reflection(server, [SERVICE])
@@ -116,6 +130,7 @@ class RouterApp:
                 where = f"{self.settings.metrics_host}:{self.settings.metrics_port}"
                 raise RuntimeError(f"cannot serve metrics on {where}: {exc}") from exc
             self.ops = ops
+        self.pipeline.start()
         table = self.registry.snapshot
         log.info(
             "router listening",
@@ -139,6 +154,8 @@ class RouterApp:
             rpc.set_not_serving(self._health, [SERVICE])
         if self.server is not None:
             await self.server.stop(grace)
+        await self.pipeline.close()
+        await self.shared.stop()
         await self.pool.close()
         if self.ops is not None:
             await self.ops.stop()
@@ -175,6 +192,7 @@ def build(
     pool: HttpPool | None = None,
     env: Mapping[str, str] | None = None,
     ops: bool = True,
+    redis: Redis | None = None,
 ) -> RouterApp:
     """Wire the router; every part can be overridden by tests. Raises ModelConfigError on a bad table."""
     settings = settings or RouterSettings()  # type: ignore[call-arg]
@@ -187,6 +205,24 @@ def build(
         max_queue=settings.max_queue,
         breaker_fail_max=settings.breaker_fail_max,
         breaker_reset_s=settings.breaker_reset_seconds,
+        retry_ratio=settings.retry_budget_ratio,
+        default_priority=settings.default_priority,
     )
-    router = Router(registry, adapters if adapters is not None else build_adapters(pool), policy)
-    return RouterApp(settings, registry, router, pool, ops=ops)
+    shared = build_shared(settings, registry, ctx, redis=redis)
+    router = Router(
+        registry,
+        adapters if adapters is not None else build_adapters(pool),
+        policy,
+        tenants=shared.tenants,
+        quotas=shared.quotas,
+        breaker_sync=shared.breaker_sync,
+    )
+    return RouterApp(
+        settings,
+        registry,
+        router,
+        pool,
+        ops=ops,
+        pipeline=build_pipeline(settings, router, redis=redis),
+        shared=shared,
+    )

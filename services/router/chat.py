@@ -46,6 +46,8 @@ class ChatRequest:
     request_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     """Provider pass-through fields (tools, tool_choice, response_format...), merged into the body."""
+    priority: str = ""
+    """Queueing class (interactive, agent, batch); empty means the router's default."""
 
 
 @dataclass(slots=True)
@@ -99,6 +101,7 @@ class EmbedRequest:
     user: str = ""
     tenant: str = ""
     request_id: str = ""
+    priority: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,11 @@ class Attempt:
     """"ok", "busy", "breaker_open", or a provider error kind ("rate_limited", "server_error"...)."""
     error: str = ""
     duration_ms: float = 0.0
+    deployment: str = ""
+    """The deployment tried ("default" for a model with one endpoint); empty when none was."""
+    reason: str = ""
+    """Why that deployment: "only", "p2c" (better of two) or "overflow" (every deployment at its limit)."""
+    queue_ms: float = 0.0
 
 
 @dataclass(slots=True)
@@ -131,3 +139,11 @@ class Route:
     queue_ms: float = 0.0
     attempts: list[Attempt] = field(default_factory=list)
     simulated: bool = False
+    deployment: str = ""
+    reason: str = ""
+    priority: str = ""
+    table_version: int = 0
+    committed: bool = False
+    """Streams: the first token has gone out, so no failover any more."""
+    cache: str = ""
+    """Response cache: "hit", "miss", "coalesced" (shared another caller's call), "bypass"; empty if off."""

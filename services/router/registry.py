@@ -13,40 +13,46 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from services.common.errors import AlreadyExistsError, InvalidInputError, NotFoundError
-
-ProviderName = Literal["openai", "anthropic", "gemini", "ollama", "azure", "cohere"]
-
-DEFAULT_ENDPOINTS: Mapping[str, str] = MappingProxyType(
-    {
-        "openai": "https://api.openai.com/v1",
-        "anthropic": "https://api.anthropic.com",
-        "gemini": "https://generativelanguage.googleapis.com",
-        "ollama": "http://localhost:11434",
-        "cohere": "https://api.cohere.com",
-    }
+from services.common.errors import AlreadyExistsError, NotFoundError
+from services.router.deployments import (
+    DEFAULT_API_KEY_ENV_PATTERN,
+    DEFAULT_ENDPOINTS,
+    MAX_DEPLOYMENTS,
+    SINGLE,
+    Deployment,
+    ModelConfigError,
+    ProviderName,
+    SpecContext,
+    build_deployments,
+    deployment_config,
 )
-"""Where each provider lives when a model names no endpoint; Azure has none (each resource has its own URL)."""
+
+__all__ = [
+    "CONFIG_FIELDS",
+    "DEFAULT_API_KEY_ENV_PATTERN",
+    "DEFAULT_ENDPOINTS",
+    "DEFAULT_MODELS_FILE",
+    "ModelConfigError",
+    "ModelSpec",
+    "ModelTable",
+    "Registry",
+    "SpecContext",
+    "build_spec",
+    "load_models",
+    "parse_models",
+    "redact_url",
+    "spec_config",
+    "substitute",
+    "validate_table",
+]
+
 DEFAULT_MODELS_FILE = Path(__file__).with_name("default_models.yaml")
-DEFAULT_API_KEY_ENV_PATTERN = r"^[A-Z][A-Z0-9_]*_API_KEY$"
-"""What ``api_key_env`` may name: provider key variables, never the router's other settings or secrets."""
-
-
-class ModelConfigError(InvalidInputError):
-    """A model definition that does not validate; names the model and the field."""
-
-    def __init__(self, model: str, field_name: str, problem: str, *, source: str = "") -> None:
-        where = f"{source}: " if source else ""
-        subject = f"model {model!r}" if model else "model table"
-        super().__init__(f"{where}{subject}: {field_name}: {problem}", model=model, field=field_name)
-        self.model = model
-        self.field = field_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +73,45 @@ class ModelSpec:
     simulated: bool = False
     credential: str = field(default="", repr=False, compare=False)
     """The key actually sent: ``api_key``, else the value of ``api_key_env``."""
+    rpm: int = 0
+    tpm: int = 0
+    input_cost_per_token: float = 0.0
+    output_cost_per_token: float = 0.0
+    context_window: int = 0
+    deployments: tuple[Deployment, ...] = ()
+    """The endpoints of a model group; empty for the single-endpoint form (see ``targets``)."""
+    deployment_entries: tuple[Mapping[str, Any], ...] = field(default=(), repr=False, compare=False)
+    """The deployments as defined (only what each sets itself), so later model-level changes still reach them."""
 
     @property
     def has_api_key(self) -> bool:
         """Whether calls carry a key."""
         return bool(self.credential)
+
+    @property
+    def targets(self) -> tuple[Deployment, ...]:
+        """The deployments that serve this model: the listed ones, or the model's own endpoint as one."""
+        if self.deployments:
+            return self.deployments
+        return (
+            Deployment(
+                name=SINGLE,
+                provider=self.provider,
+                endpoint=self.endpoint,
+                provider_model=self.provider_model,
+                max_concurrency=self.max_concurrency,
+                rpm=self.rpm,
+                tpm=self.tpm,
+                input_cost_per_token=self.input_cost_per_token,
+                output_cost_per_token=self.output_cost_per_token,
+                context_window=self.context_window,
+                api_key=self.api_key,
+                api_key_env=self.api_key_env,
+                timeout_seconds=self.timeout_seconds,
+                simulated=self.simulated,
+                credential=self.credential,
+            ),
+        )
 
     @property
     def shown_endpoint(self) -> str:
@@ -85,7 +125,9 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
-CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ModelSpec) if f.name != "credential")
+CONFIG_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(ModelSpec) if f.name not in ("credential", "deployment_entries")
+)
 """Fields a model definition (YAML entry, admin call) may set."""
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
@@ -106,6 +148,12 @@ class _ModelConfig(BaseModel):
     api_key_env: str = Field("", pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,127})?$")
     timeout_seconds: float = Field(60.0, gt=0, le=3600)
     simulated: bool = False
+    rpm: int = Field(0, ge=0, le=1_000_000_000)
+    tpm: int = Field(0, ge=0, le=10**12)
+    input_cost_per_token: float = Field(0.0, ge=0, le=1.0)
+    output_cost_per_token: float = Field(0.0, ge=0, le=1.0)
+    context_window: int = Field(0, ge=0, le=100_000_000)
+    deployments: tuple[dict[str, Any], ...] = Field((), max_length=MAX_DEPLOYMENTS)
 
     @field_validator("endpoint")
     @classmethod
@@ -124,21 +172,6 @@ class _ModelConfig(BaseModel):
                 raise ValueError("must be a list of model names")
             seen.setdefault(name, None)
         return tuple(seen)
-
-
-@dataclass(frozen=True, slots=True)
-class SpecContext:
-    """What model definitions are resolved against: the environment and the simulator's address."""
-
-    env: Mapping[str, str] = field(default_factory=dict)
-    simulator_url: str = ""
-    api_key_env_pattern: str = DEFAULT_API_KEY_ENV_PATTERN
-    """Which variables ``api_key_env`` may name; the environment also holds the router's own secrets."""
-
-    def is_simulator(self, endpoint: str) -> bool:
-        """Whether the endpoint is the bundled provider simulator."""
-        base = self.simulator_url.rstrip("/")
-        return bool(base) and (endpoint == base or endpoint.startswith(base + "/"))
 
 
 def build_spec(data: Mapping[str, Any], ctx: SpecContext, *, source: str = "") -> ModelSpec:
@@ -164,7 +197,10 @@ def build_spec(data: Mapping[str, Any], ctx: SpecContext, *, source: str = "") -
             f"{ctx.api_key_env_pattern} (OPENCLAW_ROUTER_API_KEY_ENV_PATTERN)",
             source=source,
         )
+    deployments = build_deployments(cfg.name, cfg.deployments, data, ctx, source)
     endpoint = cfg.endpoint or DEFAULT_ENDPOINTS.get(cfg.provider, "")
+    if not endpoint and deployments:
+        endpoint = deployments[0].endpoint
     if not endpoint:
         raise ModelConfigError(
             cfg.name, "endpoint", f"required for provider {cfg.provider!r} (its resource URL)", source=source
@@ -182,12 +218,21 @@ def build_spec(data: Mapping[str, Any], ctx: SpecContext, *, source: str = "") -
         timeout_seconds=cfg.timeout_seconds,
         simulated=cfg.simulated or ctx.is_simulator(endpoint),
         credential=credential,
+        rpm=cfg.rpm,
+        tpm=cfg.tpm,
+        input_cost_per_token=cfg.input_cost_per_token,
+        output_cost_per_token=cfg.output_cost_per_token,
+        context_window=cfg.context_window,
+        deployments=deployments,
+        deployment_entries=tuple(dict(entry) for entry in cfg.deployments),
     )
 
 
 def spec_config(spec: ModelSpec) -> dict[str, Any]:
     """The definition a spec was built from (input to build_spec), secrets included."""
-    return {name: getattr(spec, name) for name in CONFIG_FIELDS}
+    config = {name: getattr(spec, name) for name in CONFIG_FIELDS}
+    config["deployments"] = spec.deployment_entries or tuple(deployment_config(d) for d in spec.deployments)
+    return config
 
 
 class ModelTable:

@@ -1,15 +1,19 @@
-"""Dispatch: admit a request to a model (breaker, concurrency queue), call its provider, walk the fallbacks.
+"""Dispatch: a request goes through admission, queueing, dispatch and recovery, over the model's fallback chain.
 
-For each model in the chain (the model, then its fallbacks breadth first, each once):
+1. **admission** (when tenants and Redis are configured): the tenant may use the model, and its token and spend
+   budgets are leased from Redis in chunks (``qos.admission``); a spent budget is RESOURCE_EXHAUSTED with a delay;
+2. for each model of the chain (the model, then its fallbacks breadth first, each once), skip it at once when
+   every deployment's breaker is open or the prompt fits none of their context windows;
+3. **queueing**: wait for a slot of the model in its fair scheduler (priority class, fair share between tenants,
+   bounded queue); a request that cannot meet its deadline is shed at once ("shed"); one that waited the whole
+   queue timeout moves on ("busy");
+4. **dispatch**: the better of two deployments by latency x load / weight, each under its adaptive limit;
+5. **recovery**: a failed attempt feeds the deployment's breaker and limit (429s and timeouts halve it,
+   Retry-After opens the breaker for that long); fallback-worthy failures try another deployment of the same
+   model, then the next model; every attempt after the first spends the global retry budget.
 
-1. skip it at once if its circuit breaker is open;
-2. wait for one of its ``max_concurrency`` slots, in a bounded queue, up to the queue timeout ("busy");
-3. call the provider through the model's Hop (breaker + ``openclaw_hop_*`` metrics + a GenAI client span);
-4. on a fallback-worthy failure (rate limited, 5xx, timeout, unreachable, breaker open, busy) try the next
-   model; on the caller's own fault (bad request, content policy) stop.
-
-Streams fail over only until the first delta has been handed to the caller (the commit point); after
-that an error ends the stream.
+Streams fail over only until the first delta has been handed to the caller (the commit point, flagged in the
+route of that chunk); after that an error ends the stream.
 """
 
 from __future__ import annotations
@@ -17,187 +21,296 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
 
 from opentelemetry.trace import Span
 
 from services.common.breaker import AsyncBreaker
+from services.common.breaker_sync import BreakerSync
 from services.common.errors import (
     BreakerOpenError,
-    OpenClawError,
+    InvalidInputError,
     ResourceExhaustedError,
     UnavailableError,
 )
-from services.common.hop import Hop
+from services.common.tenants import TenantDirectory
 from services.router import metrics
-from services.router.chat import Attempt, ChatDelta, ChatRequest, ChatResult, EmbedRequest, EmbedResult, Route
-from services.router.limiter import BusyError, Limiter
-from services.router.providers.base import (
-    EmbeddingAdapter,
-    ProviderAdapter,
-    ProviderError,
-    ProviderRejectedError,
-)
+from services.router.chat import ChatDelta, ChatRequest, ChatResult, EmbedRequest, EmbedResult, Route
+from services.router.dispatch import Dispatcher, Slot, Walk, estimate_tokens, exhausted, finish
+from services.router.groups import HOP_NAME, Group, RoutingPolicy, Target
+from services.router.providers.base import EmbeddingAdapter, ProviderAdapter, ProviderError
+from services.router.qos import PRIORITIES, Balancer, QuotaLeases, RetryBudget, TenantQuota
 from services.router.registry import ModelSpec, ModelTable, Registry
 
-log = logging.getLogger(__name__)
+__all__ = ["HOP_NAME", "Router", "RoutingPolicy"]
 
-HOP_NAME = "router.provider"
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-
-@dataclass(frozen=True, slots=True)
-class RoutingPolicy:
-    """Limits that apply to every model."""
-
-    queue_timeout_s: float = 10.0
-    max_queue: int = 1000
-    breaker_fail_max: int = 5
-    breaker_reset_s: float = 30.0
+_REJECTIONS = frozenset({"client_error", "content_policy", "context_window_exceeded"})
+_OVERLOAD = frozenset({"rate_limited", "timeout"})
 
 
-class _Runtime:
-    """The mutable state of one model that outlives table versions: its queue, breaker and metrics."""
-
-    __slots__ = ("_spec", "attrs", "hop", "limiter", "metrics")
-
-    def __init__(self, spec: ModelSpec, policy: RoutingPolicy) -> None:
-        self.limiter = Limiter(spec.name, spec.max_concurrency, max_queue=policy.max_queue)
-        breaker = AsyncBreaker(
-            f"{HOP_NAME}.{spec.name}", fail_max=policy.breaker_fail_max, reset_timeout=policy.breaker_reset_s
-        )
-        self.hop = Hop(HOP_NAME, breaker=breaker)
-        self._spec = spec
-        self.metrics = metrics.ModelMetrics(spec.name, spec.provider)
-        self.attrs = _span_attributes(spec)
-
-    def follow(self, spec: ModelSpec) -> None:
-        """Adopt a changed definition of the same model."""
-        old, self._spec = self._spec, spec
-        if spec.max_concurrency != self.limiter.limit:
-            self.limiter.resize(spec.max_concurrency)
-        if spec.provider != old.provider:
-            self.metrics = metrics.ModelMetrics(spec.name, spec.provider)
-        if (spec.provider, spec.endpoint) != (
-            old.provider,
-            old.endpoint,
-        ) and self.hop.breaker.state != "closed":
-            self.hop.breaker.close()  # a new deployment deserves a fresh start
-        self.attrs = _span_attributes(spec)
-
-
-def _span_attributes(spec: ModelSpec) -> dict[str, Any]:
-    url = urlsplit(spec.endpoint)
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "chat",
-        "gen_ai.system": spec.provider,
-        "gen_ai.request.model": spec.provider_model,
-        "server.address": url.hostname or "",
-        "openclaw.model": spec.name,
-        "openclaw.simulated": spec.simulated,
-    }
-    if url.port:
-        attrs["server.port"] = url.port
-    return attrs
-
-
-def _served(route: Route, spec: ModelSpec, started: float) -> None:
-    """Record the model that answers, with its attempt so far."""
-    route.model, route.provider, route.simulated = spec.name, spec.provider, spec.simulated
-    route.attempts.append(Attempt(spec.name, spec.provider, "ok", "", (time.perf_counter() - started) * 1000))
-
-
-def _record_usage(span: Span, rt: _Runtime, model: str, prompt: int, completion: int) -> None:
-    span.set_attribute("gen_ai.response.model", model)
-    span.set_attribute("gen_ai.usage.input_tokens", prompt)
-    span.set_attribute("gen_ai.usage.output_tokens", completion)
-    rt.metrics.tokens(prompt, completion)
-
-
-class Router:
-    """Routes chat requests over the registry's current table."""
+class Router(Dispatcher):
+    """Routes chat and embedding requests over the registry's current table."""
 
     def __init__(
         self,
         registry: Registry,
         adapters: Mapping[str, ProviderAdapter],
         policy: RoutingPolicy | None = None,
+        *,
+        tenants: TenantDirectory | None = None,
+        quotas: QuotaLeases | None = None,
+        breaker_sync: BreakerSync | None = None,
     ) -> None:
         self.registry = registry
         self.policy = policy or RoutingPolicy()
+        self.tenants = tenants
+        self.quotas = quotas
+        self.breaker_sync = breaker_sync
+        self.budget = RetryBudget(self.policy.retry_ratio, min_per_s=self.policy.retry_min_per_s)
+        self._balancer = Balancer()
         self._adapters = dict(adapters)
-        self._runtimes: dict[str, _Runtime] = {}
+        self._groups: dict[str, Group] = {}
         for spec in registry.snapshot.models.values():
-            self._runtimes[spec.name] = _Runtime(spec, self.policy)
+            self._add_group(spec)
         registry.subscribe(self._on_change)
 
     # -- state -------------------------------------------------------------------------------------
 
+    def _add_group(self, spec: ModelSpec) -> None:
+        group = self._groups[spec.name] = Group(spec, self.policy)
+        for target in group.targets.values():
+            self._attach(target)
+
+    def _attach(self, target: Target) -> None:
+        if self.breaker_sync is not None:
+            self.breaker_sync.attach(target.breaker)
+
+    def _detach(self, target: Target) -> None:
+        if self.breaker_sync is not None:
+            self.breaker_sync.detach(target.breaker.name)
+        target.dmetrics.remove()
+
     def _on_change(self, old: ModelTable, new: ModelTable) -> None:
         for name in old.models.keys() - new.models.keys():
-            self._runtimes.pop(name, None)
+            group = self._groups.pop(name, None)
+            if group is not None:
+                for target in group.targets.values():
+                    target.load.draining = True
+                    self._detach(target)
         for name, spec in new.models.items():
             if old.get(name) is spec:
                 continue
-            runtime = self._runtimes.get(name)
-            if runtime is None:
-                self._runtimes[name] = _Runtime(spec, self.policy)
+            group = self._groups.get(name)
+            if group is None:
+                self._add_group(spec)
             else:
-                runtime.follow(spec)
+                for target in group.follow(spec, self._detach):
+                    self._attach(target)
 
-    def _runtime(self, spec: ModelSpec) -> _Runtime:
-        runtime = self._runtimes.get(spec.name)
-        if runtime is None:  # removed while this request was in flight: finish on a private runtime
-            runtime = _Runtime(spec, self.policy)
-        return runtime
+    def breaker(self, model: str, deployment: str = "default") -> AsyncBreaker:
+        """The circuit breaker of a deployment (operators and tests)."""
+        return self._groups[model].targets[deployment].breaker
 
-    def breaker(self, model: str) -> AsyncBreaker:
-        """The circuit breaker of a model (operators and tests)."""
-        return self._runtimes[model].hop.breaker
-
-    def limiter(self, model: str) -> Limiter:
-        """The concurrency limiter of a model (operators and tests)."""
-        return self._runtimes[model].limiter
+    def group(self, model: str) -> Group:
+        """The live state of a model group (operators and tests)."""
+        return self._groups[model]
 
     # -- admission ---------------------------------------------------------------------------------
 
-    async def _admit(self, spec: ModelSpec, rt: _Runtime, route: Route, deadline: float | None) -> bool:
-        """Take a slot of the model, or record why not (breaker open, busy) and return False."""
-        breaker = rt.hop.breaker
-        if breaker.state == "open":
-            wait = breaker.retry_after()
-            if wait > 0:
-                self._failed(
-                    route, spec, rt, "breaker_open", f"circuit breaker open for {wait:.1f}s more", 0.0
-                )
-                return False
-        if rt.limiter.try_acquire():
-            rt.metrics.queue_wait.observe(0.0)
-            return True
-        timeout = self.policy.queue_timeout_s
-        if deadline is not None:
-            timeout = min(timeout, deadline - time.monotonic())
+    async def _admit(self, model: str, tenant: str, tokens: int) -> TenantQuota | None:
+        """The tenant's quota after taking this request from it; refusals are typed errors."""
+        if self.tenants is None or not tenant:
+            return None
+        policy = self.tenants.policy(tenant)
+        policy.check_model(model)
+        if self.quotas is None:
+            return None
+        q = policy.quotas
+        quota = TenantQuota(tokens_per_minute=q.tokens_per_minute, spend_usd_per_day=q.spend_usd_per_day)
         try:
-            waited = await rt.limiter.acquire(timeout)
-        except BusyError as exc:
-            rt.metrics.queue_wait.observe(exc.waited_s)
-            route.queue_ms += exc.waited_s * 1000
-            self._failed(route, spec, rt, "busy", exc.message, exc.waited_s * 1000)
-            return False
-        rt.metrics.queue_wait.observe(waited)
-        route.queue_ms += waited * 1000
-        return True
+            await self.quotas.admit(tenant, quota, tokens=tokens)
+        except ResourceExhaustedError:
+            metrics.shed(model, "quota")
+            raise
+        return quota
 
-    def _failed(
-        self, route: Route, spec: ModelSpec, rt: _Runtime, outcome: str, error: str, ms: float
+    async def _charge(
+        self, tenant: str, quota: TenantQuota | None, target: Target, prompt: int, out: int
     ) -> None:
-        route.attempts.append(Attempt(spec.name, spec.provider, outcome, error, ms))
-        rt.metrics.outcome(outcome)
-        log.debug("attempt failed", extra={"model": spec.name, "outcome": outcome, "error": error})
+        if quota is None or self.quotas is None:
+            return
+        d = target.deployment
+        cost = prompt * d.input_cost_per_token + out * d.output_cost_per_token
+        try:
+            await self.quotas.charge(tenant, quota, tokens=out, cost_usd=cost)
+        except Exception:  # the answer is already made: a metering hiccup must not fail it
+            log.warning("quota charge failed", exc_info=True, extra={"tenant": tenant})
+
+    def _start(self, model: str, tenant: str, priority: str, deadline: float | None, texts: Any) -> Walk:
+        priority = priority or self.policy.default_priority
+        if priority not in PRIORITIES:
+            raise InvalidInputError(
+                f"priority: must be one of {', '.join(PRIORITIES)} (got {priority!r})", field="priority"
+            )
+        table = self.registry.snapshot
+        chain = table.chain(model)
+        tokens = estimate_tokens(texts)
+        windows = [t.context_window for s in chain for t in s.targets]
+        if windows and all(0 < w <= tokens for w in windows):
+            raise InvalidInputError(
+                f"messages: the prompt (about {tokens} tokens) is longer than the context window of every "
+                f"candidate model (largest: {max(windows)} tokens)",
+                field="messages",
+                tokens=tokens,
+            )
+        route = Route(priority=priority, table_version=table.version)
+        return Walk(route, table, tenant, priority, deadline, tokens)
+
+    # -- chat --------------------------------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> tuple[ChatResult, Route]:
+        """One completion from the first deployment in the chain that can serve it."""
+
+        async def call(slot: Slot, span_attrs: dict[str, Any]) -> tuple[ChatResult, int, int]:
+            target = slot.target
+            async with target.hop.guard(f"chat {target.spec.provider_model}", **span_attrs) as span:
+                result = await self._adapter(target.spec).chat(target.spec, request)
+                u = result.usage
+                _record_usage(span, target, result.model, u.prompt_tokens, u.completion_tokens)
+            return result, u.prompt_tokens, u.completion_tokens
+
+        texts = [m.content for m in request.messages]
+        return await self._first(request.model, request.tenant, request.priority, deadline, texts, call)
+
+    async def embed(
+        self, request: EmbedRequest, *, deadline: float | None = None
+    ) -> tuple[EmbedResult, Route]:
+        """Vectors from the first deployment in the chain that can serve them."""
+
+        async def call(slot: Slot, span_attrs: dict[str, Any]) -> tuple[EmbedResult, int, int]:
+            target = slot.target
+            adapter: Any = self._adapter(target.spec)
+            if not callable(getattr(adapter, "embed", None)):
+                raise ProviderError(
+                    "client_error",
+                    0,
+                    f"provider {target.spec.provider!r} of model {slot.spec.name!r} serves no embeddings",
+                )
+            attrs = {**span_attrs, "gen_ai.operation.name": "embeddings"}
+            async with target.hop.guard(f"embeddings {target.spec.provider_model}", **attrs) as span:
+                result: EmbedResult = await cast(EmbeddingAdapter, adapter).embed(target.spec, request)
+                _record_usage(span, target, result.model, result.usage.prompt_tokens, 0)
+            return result, result.usage.prompt_tokens, 0
+
+        return await self._first(
+            request.model, request.tenant, request.priority, deadline, request.inputs, call
+        )
+
+    async def _first(
+        self,
+        model: str,
+        tenant: str,
+        priority: str,
+        deadline: float | None,
+        texts: Any,
+        call: Callable[[Slot, dict[str, Any]], Awaitable[tuple[T, int, int]]],
+    ) -> tuple[T, Route]:
+        walk = self._start(model, tenant, priority, deadline, texts)
+        quota = await self._admit(model, tenant, walk.tokens)
+        async with aclosing(self.walk(model, walk)) as slots:
+            async for slot in slots:
+                try:
+                    result, prompt, out = await call(slot, slot.target.attrs)
+                except (ProviderError, BreakerOpenError) as exc:
+                    slot.error = exc
+                    continue
+                except asyncio.CancelledError:  # the caller went away (deadline, disconnect)
+                    slot.target.metrics.outcome("cancelled")
+                    raise
+                except Exception as exc:  # a bug or an unforeseen answer: count it, try the next one
+                    log.warning("provider call crashed", exc_info=True, extra={"model": slot.spec.name})
+                    slot.error = exc
+                    continue
+                target = slot.target
+                await self._charge(tenant, quota, target, prompt, out)
+                slot.error = None
+                await finish(slots)
+                return result, walk.route
+        raise exhausted(model, walk)
+
+    # -- stream ------------------------------------------------------------------------------------
+
+    async def stream(
+        self, request: ChatRequest, *, deadline: float | None = None
+    ) -> AsyncGenerator[ChatDelta, None]:
+        """Deltas from the first deployment that starts answering; the first and last carry the route."""
+        received = time.perf_counter()
+        texts = [m.content for m in request.messages]
+        walk = self._start(request.model, request.tenant, request.priority, deadline, texts)
+        quota = await self._admit(request.model, request.tenant, walk.tokens)
+        route = walk.route
+        async with aclosing(self.walk(request.model, walk)) as slots:
+            async for slot in slots:
+                target = slot.target
+                committed = False
+                try:
+                    async with target.hop.guard(f"chat {target.spec.provider_model}", **target.attrs) as span:
+                        deltas = self._adapter(target.spec).stream(target.spec, request)
+                        async with aclosing(deltas):
+                            async for delta in deltas:
+                                if not committed:  # the commit point: no failover from here on
+                                    committed = True
+                                    slot.first_token_s = time.perf_counter() - slot.started
+                                    target.metrics.ttft.observe(time.perf_counter() - received)
+                                    span.add_event("first_token")
+                                    route.committed = True
+                                    self._served(route, slot)
+                                    delta.route = route
+                                if delta.finish_reason:
+                                    if delta.usage is not None:
+                                        u = delta.usage
+                                        _record_usage(
+                                            span, target, delta.model, u.prompt_tokens, u.completion_tokens
+                                        )
+                                        await self._charge(
+                                            request.tenant,
+                                            quota,
+                                            target,
+                                            u.prompt_tokens,
+                                            u.completion_tokens,
+                                        )
+                                    self._served(route, slot)
+                                    delta.route = route
+                                yield delta
+                except (ProviderError, BreakerOpenError) as exc:
+                    if committed:
+                        slot.error = exc
+                        raise ProviderError(
+                            exc.kind if isinstance(exc, ProviderError) else "server_error",
+                            exc.status if isinstance(exc, ProviderError) else 0,
+                            f"stream from model {slot.spec.name!r} broke after it began: {exc.message}",
+                        ) from exc
+                    slot.error = exc
+                    continue
+                except (asyncio.CancelledError, GeneratorExit):
+                    target.metrics.outcome("cancelled")
+                    slot.error = None
+                    raise
+                except Exception as exc:
+                    log.warning("provider stream crashed", exc_info=True, extra={"model": slot.spec.name})
+                    slot.error = exc
+                    if committed:
+                        raise UnavailableError(f"stream from model {slot.spec.name!r} broke: {exc}") from exc
+                    continue
+                slot.error = None
+                await finish(slots)
+                return
+        raise exhausted(request.model, walk)
 
     def _adapter(self, spec: ModelSpec) -> ProviderAdapter:
         adapter = self._adapters.get(spec.provider)
@@ -205,189 +318,10 @@ class Router:
             raise ProviderError("misconfigured", 0, f"no adapter for provider {spec.provider!r}")
         return adapter
 
-    def _chain(self, model: str) -> Iterator[ModelSpec]:
-        """The model, then its fallbacks; each step to a fallback is counted."""
-        previous = ""
-        for spec in self.registry.snapshot.chain(model):
-            if previous:
-                metrics.fallback(previous, spec.name)
-            previous = spec.name
-            yield spec
 
-    # -- chat --------------------------------------------------------------------------------------
-
-    async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> tuple[ChatResult, Route]:
-        """One completion from the first model in the chain that can serve it."""
-
-        async def call(spec: ModelSpec, rt: _Runtime) -> ChatResult:
-            async with rt.hop.guard(f"chat {spec.provider_model}", **rt.attrs) as span:
-                result = await self._adapter(spec).chat(spec, request)
-                u = result.usage
-                _record_usage(span, rt, result.model, u.prompt_tokens, u.completion_tokens)
-            return result
-
-        return await self._first(request.model, deadline, call)
-
-    async def embed(
-        self, request: EmbedRequest, *, deadline: float | None = None
-    ) -> tuple[EmbedResult, Route]:
-        """Vectors from the first model in the chain that can serve them."""
-
-        async def call(spec: ModelSpec, rt: _Runtime) -> EmbedResult:
-            adapter: Any = self._adapter(spec)
-            if not callable(getattr(adapter, "embed", None)):
-                raise ProviderError(
-                    "client_error",
-                    0,
-                    f"provider {spec.provider!r} of model {spec.name!r} serves no embeddings",
-                )
-            attrs = {**rt.attrs, "gen_ai.operation.name": "embeddings"}
-            async with rt.hop.guard(f"embeddings {spec.provider_model}", **attrs) as span:
-                result: EmbedResult = await cast(EmbeddingAdapter, adapter).embed(spec, request)
-                _record_usage(span, rt, result.model, result.usage.prompt_tokens, 0)
-            return result
-
-        return await self._first(request.model, deadline, call)
-
-    async def _first(
-        self, model: str, deadline: float | None, call: Callable[[ModelSpec, _Runtime], Awaitable[T]]
-    ) -> tuple[T, Route]:
-        """The answer of the first model in the chain that gives one; fallbacks walked by error class."""
-        route = Route()
-        rejected: ProviderError | None = None
-        for spec in self._chain(model):
-            rt = self._runtime(spec)
-            if not await self._admit(spec, rt, route, deadline):
-                continue
-            rt.metrics.in_flight.inc()
-            start = time.perf_counter()
-            try:
-                result = await call(spec, rt)
-            except (ProviderError, BreakerOpenError) as exc:
-                elapsed = time.perf_counter() - start
-                rt.metrics.duration.observe(elapsed)
-                outcome = exc.kind if isinstance(exc, ProviderError) else "breaker_open"
-                self._failed(route, spec, rt, outcome, exc.message, elapsed * 1000)
-                if isinstance(exc, ProviderError) and not exc.fallback:
-                    rejected = exc
-                    break
-                if isinstance(exc, ProviderRejectedError):
-                    rejected = exc
-                continue
-            except asyncio.CancelledError:  # the caller went away (deadline, disconnect)
-                rt.metrics.outcome("cancelled")
-                raise
-            except Exception as exc:  # a bug or an unforeseen answer: count it, try the next model
-                log.warning("provider call crashed", exc_info=True, extra={"model": spec.name})
-                elapsed = time.perf_counter() - start
-                self._failed(
-                    route, spec, rt, "internal_error", f"{type(exc).__name__}: {exc}", elapsed * 1000
-                )
-                continue
-            finally:
-                rt.metrics.in_flight.dec()
-                rt.limiter.release()
-            rt.metrics.duration.observe(time.perf_counter() - start)
-            rt.metrics.outcome("ok")
-            _served(route, spec, start)
-            return result, route
-        raise _exhausted(model, route, rejected)
-
-    # -- stream ------------------------------------------------------------------------------------
-
-    async def stream(
-        self, request: ChatRequest, *, deadline: float | None = None
-    ) -> AsyncGenerator[ChatDelta, None]:
-        """Deltas from the first model that starts answering; the first and last carry the route."""
-        received = time.perf_counter()
-        route = Route()
-        rejected: ProviderError | None = None
-        for spec in self._chain(request.model):
-            rt = self._runtime(spec)
-            if not await self._admit(spec, rt, route, deadline):
-                continue
-            rt.metrics.in_flight.inc()
-            start = time.perf_counter()
-            committed = False
-            outcome = "cancelled"
-            try:
-                async with rt.hop.guard(f"chat {spec.provider_model}", **rt.attrs) as span:
-                    deltas = self._adapter(spec).stream(spec, request)
-                    async with aclosing(deltas):
-                        async for delta in deltas:
-                            if not committed:  # the commit point: no failover from here on
-                                committed = True
-                                rt.metrics.ttft.observe(time.perf_counter() - received)
-                                span.add_event("first_token")
-                                _served(route, spec, start)
-                                delta.route = route
-                            if delta.finish_reason:
-                                if delta.usage is not None:
-                                    u = delta.usage
-                                    _record_usage(span, rt, delta.model, u.prompt_tokens, u.completion_tokens)
-                                route.attempts.pop()
-                                _served(route, spec, start)
-                                delta.route = route
-                            yield delta
-                outcome = "ok"
-            except (ProviderError, BreakerOpenError) as exc:
-                elapsed_ms = (time.perf_counter() - start) * 1000
-                outcome = exc.kind if isinstance(exc, ProviderError) else "breaker_open"
-                if committed:
-                    raise ProviderError(
-                        exc.kind if isinstance(exc, ProviderError) else "server_error",
-                        exc.status if isinstance(exc, ProviderError) else 0,
-                        f"stream from model {spec.name!r} broke after it began: {exc.message}",
-                    ) from exc
-                route.attempts.append(Attempt(spec.name, spec.provider, outcome, exc.message, elapsed_ms))
-                log.debug(
-                    "attempt failed", extra={"model": spec.name, "outcome": outcome, "error": exc.message}
-                )
-                if isinstance(exc, ProviderError) and not exc.fallback:
-                    rejected = exc
-                    break
-                if isinstance(exc, ProviderRejectedError):
-                    rejected = exc
-                continue
-            except Exception as exc:
-                log.warning("provider stream crashed", exc_info=True, extra={"model": spec.name})
-                outcome = "internal_error"
-                if committed:
-                    raise UnavailableError(f"stream from model {spec.name!r} broke: {exc}") from exc
-                route.attempts.append(
-                    Attempt(spec.name, spec.provider, outcome, f"{type(exc).__name__}: {exc}")
-                )
-                continue
-            finally:
-                rt.metrics.in_flight.dec()
-                rt.limiter.release()
-                rt.metrics.duration.observe(time.perf_counter() - start)
-                rt.metrics.outcome(outcome)
-            return
-        raise _exhausted(request.model, route, rejected)
-
-
-def _exhausted(model: str, route: Route, rejected: ProviderError | None) -> OpenClawError:
-    """The error for a request no model served, with every attempt summarised."""
-    attempts = [
-        {"model": a.model, "outcome": a.outcome, "error": a.error, "duration_ms": round(a.duration_ms, 1)}
-        for a in route.attempts
-    ]
-    summary = "; ".join(
-        f"{a.model}: {a.outcome}" + (f" ({a.error})" if a.error else "") for a in route.attempts
-    )
-    if rejected is not None and all(a.outcome in _REJECTIONS for a in route.attempts):
-        err: OpenClawError = ProviderError(
-            rejected.kind, rejected.status, f"model {model!r} rejected the request: {summary}"
-        )
-    elif route.attempts and all(a.outcome == "busy" for a in route.attempts):
-        err = ResourceExhaustedError(f"every model for {model!r} is busy: {summary}", model=model)
-    else:
-        err = UnavailableError(
-            f"all {len(route.attempts)} attempts failed for model {model!r}: {summary}", model=model
-        )
-    err.details["attempts"] = attempts
-    return err
-
-
-_REJECTIONS = frozenset({"client_error", "content_policy", "context_window_exceeded"})
+def _record_usage(span: Span, target: Target, model: str, prompt: int, completion: int) -> None:
+    span.set_attribute("gen_ai.response.model", model)
+    span.set_attribute("gen_ai.usage.input_tokens", prompt)
+    span.set_attribute("gen_ai.usage.output_tokens", completion)
+    target.metrics.tokens(prompt, completion)
+    target.spend(completion)

@@ -7,13 +7,14 @@ import ipaddress
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
+from redis.exceptions import RedisError
 
 from openclaw.v1 import router_pb2, router_pb2_grpc
 from services.common import rpc
@@ -22,6 +23,7 @@ from services.common.errors import (
     OpenClawError,
     PermissionDeniedError,
     UnauthenticatedError,
+    UnavailableError,
 )
 from services.router.chat import (
     ChatDelta,
@@ -33,14 +35,20 @@ from services.router.chat import (
     Route,
     ToolCall,
 )
-from services.router.registry import CONFIG_FIELDS, ModelSpec, Registry
+from services.router.deployments import DEPLOYMENT_FIELDS, Deployment
+from services.router.pipeline import Pipeline
+from services.router.registry import CONFIG_FIELDS, ModelSpec, Registry, redact_url
 from services.router.routing import Router
+from services.router.table_sync import TableSync
+from services.router.usage_api import UsageCalls, cache_control
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SERVICE = "openclaw.v1.RouterService"
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _OUTPUT_ONLY = frozenset({"has_api_key"})
+PRIORITY_METADATA = "openclaw-priority"
 Context = grpc.aio.ServicerContext[Any, Any]
 ADMIN_TOKEN_ENV = "OPENCLAW_ROUTER_ADMIN_TOKEN"
 MAX_EMBED_INPUTS = 2048
@@ -131,7 +139,7 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     return {key: _value(item) for key, item in struct.fields.items()}
 
 
-def decode_chat(request: router_pb2.ChatRequest) -> ChatRequest:
+def decode_chat(request: router_pb2.ChatRequest, priority: str = "") -> ChatRequest:
     """The domain request; InvalidInputError names the first bad field."""
     if not request.model:
         raise _invalid("model", "required: the name of a model (see ListModels)")
@@ -169,10 +177,11 @@ def decode_chat(request: router_pb2.ChatRequest) -> ChatRequest:
         tenant=request.tenant,
         request_id=request.request_id,
         extra=struct_to_dict(request.extra) if request.HasField("extra") else {},
+        priority=request.priority or priority,
     )
 
 
-def decode_embed(request: router_pb2.EmbedRequest) -> EmbedRequest:
+def decode_embed(request: router_pb2.EmbedRequest, priority: str = "") -> EmbedRequest:
     """The domain request; InvalidInputError names the first bad field."""
     if not request.model:
         raise _invalid("model", "required: the name of a model (see ListModels)")
@@ -193,6 +202,7 @@ def decode_embed(request: router_pb2.EmbedRequest) -> EmbedRequest:
         user=request.user,
         tenant=request.tenant,
         request_id=request.request_id,
+        priority=request.priority or priority,
     )
 
 
@@ -207,15 +217,36 @@ def encode_embeddings(result: EmbedResult, route: Route) -> router_pb2.EmbedResp
     )
 
 
+def decode_deployment(deployment: router_pb2.Deployment) -> dict[str, Any]:
+    """One deployment's definition: the fields that are set (unset ones come from the model)."""
+    data: dict[str, Any] = {}
+    for name in DEPLOYMENT_FIELDS:
+        if name == "weight":
+            if deployment.HasField("weight"):
+                data["weight"] = deployment.weight
+            continue
+        value = getattr(deployment, name)
+        if value:
+            data[name] = value
+    return data
+
+
+def _field_value(model: router_pb2.Model, name: str) -> Any:
+    value = getattr(model, name)
+    if name == "fallback_models":
+        return tuple(value)
+    if name == "deployments":
+        return tuple(decode_deployment(d) for d in value)
+    return value
+
+
 def decode_model(model: router_pb2.Model) -> dict[str, Any]:
     """An AddModel definition: the fields that are set (zero values mean "the default")."""
     data: dict[str, Any] = {"name": model.name}
     for name in CONFIG_FIELDS:
         if name == "name":
             continue
-        value = getattr(model, name)
-        if name == "fallback_models":
-            value = tuple(value)
+        value = _field_value(model, name)
         if value:
             data[name] = value
     return data
@@ -233,8 +264,7 @@ def decode_update(model: router_pb2.Model, paths: list[str]) -> dict[str, Any]:
             raise _invalid(f"update_mask.{path}", "is output only")
         if path not in CONFIG_FIELDS:
             raise _invalid(f"update_mask.{path}", f"not a model field (known: {', '.join(CONFIG_FIELDS)})")
-        value = getattr(model, path)
-        changes[path] = tuple(value) if path == "fallback_models" else value
+        changes[path] = _field_value(model, path)
     return changes
 
 
@@ -248,6 +278,12 @@ def encode_route(route: Route) -> router_pb2.RouteInfo:
         provider=route.provider,
         queue_ms=route.queue_ms,
         simulated=route.simulated,
+        deployment=route.deployment,
+        reason=route.reason,
+        priority=route.priority,
+        table_version=route.table_version,
+        committed=route.committed,
+        cache=route.cache,
         attempts=[
             router_pb2.Attempt(
                 model=a.model,
@@ -255,6 +291,9 @@ def encode_route(route: Route) -> router_pb2.RouteInfo:
                 outcome=a.outcome,
                 error=a.error,
                 duration_ms=a.duration_ms,
+                deployment=a.deployment,
+                reason=a.reason,
+                queue_ms=a.queue_ms,
             )
             for a in route.attempts
         ],
@@ -319,7 +358,42 @@ def encode_model(spec: ModelSpec) -> router_pb2.Model:
         timeout_seconds=spec.timeout_seconds,
         simulated=spec.simulated,
         has_api_key=spec.has_api_key,
+        deployments=[encode_deployment(d) for d in spec.deployments],
+        rpm=spec.rpm,
+        tpm=spec.tpm,
+        input_cost_per_token=spec.input_cost_per_token,
+        output_cost_per_token=spec.output_cost_per_token,
+        context_window=spec.context_window,
     )
+
+
+def encode_deployment(deployment: Deployment) -> router_pb2.Deployment:
+    """A Deployment as ListModels shows it: no key, no credentials in the endpoint."""
+    return router_pb2.Deployment(
+        name=deployment.name,
+        provider=deployment.provider,
+        endpoint=redact_url(deployment.endpoint),
+        provider_model=deployment.provider_model,
+        weight=deployment.weight,
+        max_concurrency=deployment.max_concurrency,
+        rpm=deployment.rpm,
+        tpm=deployment.tpm,
+        input_cost_per_token=deployment.input_cost_per_token,
+        output_cost_per_token=deployment.output_cost_per_token,
+        context_window=deployment.context_window,
+        api_key_env=deployment.api_key_env,
+        timeout_seconds=deployment.timeout_seconds,
+        simulated=deployment.simulated,
+        has_api_key=deployment.has_api_key,
+    )
+
+
+def _priority(context: Context) -> str:
+    """The priority class from the call's metadata (the request field wins when both are set)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == PRIORITY_METADATA:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return ""
 
 
 def _deadline(context: Context) -> float | None:
@@ -330,13 +404,35 @@ def _deadline(context: Context) -> float | None:
 # -- service ---------------------------------------------------------------------------------------
 
 
-class RouterServicer(router_pb2_grpc.RouterServiceServicer):  # type: ignore[misc]
+class RouterServicer(UsageCalls, router_pb2_grpc.RouterServiceServicer):  # type: ignore[misc]
     """openclaw.v1.RouterService over the Router and the Registry."""
 
-    def __init__(self, router: Router, registry: Registry, *, admin: AdminAccess) -> None:
+    def __init__(
+        self,
+        router: Router,
+        registry: Registry,
+        *,
+        admin: AdminAccess,
+        pipeline: Pipeline | None = None,
+        table_sync: TableSync | None = None,
+    ) -> None:
         self._router = router
+        self._pipeline = pipeline or Pipeline(router, coalesce=False, embed_window_s=0)
         self._registry = registry
         self._admin = admin
+        self.table_sync = table_sync
+        """When set, admin changes go through the table shared by every replica."""
+
+    async def _change(self, mutate: Callable[[Registry], T]) -> T:
+        """Apply an admin change to the table: the shared one when replicas share it, else the local one."""
+        if self.table_sync is None:
+            return mutate(self._registry)
+        try:
+            return await self.table_sync.change(mutate)
+        except RedisError as exc:
+            raise UnavailableError(
+                f"the shared model table is out of reach, nothing changed: {exc}"
+            ) from None
 
     def _admit(self, context: Context, method: str) -> None:
         """Let an admin call through, or raise the error that says why not (the token is never echoed)."""
@@ -352,7 +448,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):  # type: ignore[mis
         with rpc.server_span(context, "Chat", SERVICE) as span:
             span.set_attribute("gen_ai.request.model", request.model)
             try:
-                result, route = await self._router.chat(decode_chat(request), deadline=_deadline(context))
+                result, route = await self._pipeline.chat(
+                    decode_chat(request, _priority(context)),
+                    deadline=_deadline(context),
+                    cache=cache_control(request, context),
+                )
                 return encode_response(result, route)
             except OpenClawError as exc:
                 await rpc.abort(context, exc)
@@ -369,7 +469,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):  # type: ignore[mis
             span.set_attribute("gen_ai.request.model", request.model)
             try:
                 stream_id = f"chatcmpl-{uuid.uuid4().hex}"
-                deltas = self._router.stream(decode_chat(request), deadline=_deadline(context))
+                deltas = self._pipeline.stream(
+                    decode_chat(request, _priority(context)),
+                    deadline=_deadline(context),
+                    cache=cache_control(request, context),
+                )
                 model = ""
                 async with aclosing(deltas):
                     async for delta in deltas:
@@ -391,7 +495,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):  # type: ignore[mis
         with rpc.server_span(context, "Embed", SERVICE) as span:
             span.set_attribute("gen_ai.request.model", request.model)
             try:
-                result, route = await self._router.embed(decode_embed(request), deadline=_deadline(context))
+                result, route = await self._pipeline.embed(
+                    decode_embed(request, _priority(context)), deadline=_deadline(context)
+                )
                 return encode_embeddings(result, route)
             except OpenClawError as exc:
                 await rpc.abort(context, exc)
@@ -416,7 +522,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):  # type: ignore[mis
                 self._admit(context, "AddModel")
                 if not request.HasField("model") or not request.model.name:
                     raise _invalid("model.name", "required")
-                spec = self._registry.add(decode_model(request.model))
+                data = decode_model(request.model)
+                spec = await self._change(lambda r: r.add(data))
                 _log_change("model added", spec, self._registry)
                 return encode_model(spec)
             except OpenClawError as exc:
@@ -430,7 +537,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):  # type: ignore[mis
                 if not request.model.name:
                     raise _invalid("model.name", "required: the model to update")
                 changes = decode_update(request.model, list(request.update_mask.paths))
-                spec = self._registry.update(request.model.name, changes)
+                name = request.model.name
+                spec = await self._change(lambda r: r.update(name, changes))
                 _log_change("model updated", spec, self._registry, fields=sorted(changes))
                 return encode_model(spec)
             except OpenClawError as exc:
@@ -448,7 +556,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):  # type: ignore[mis
                 table = self._registry.snapshot
                 if request.name not in table:
                     return router_pb2.RemoveModelResponse(removed=False, version=table.version)
-                table = self._registry.remove(request.name)
+                name = request.name
+                await self._change(lambda r: r.remove(name))
+                table = self._registry.snapshot
                 log.info("model removed", extra={"model": request.name, "version": table.version})
                 return router_pb2.RemoveModelResponse(removed=True, version=table.version)
             except OpenClawError as exc:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, NonNegativeFloat, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.errors import InvalidInputError
 from services.common.settings import CommonSettings
+from services.common.tenants import load_file
 from services.router.registry import DEFAULT_API_KEY_ENV_PATTERN
 
 
@@ -59,6 +63,36 @@ class RouterSettings(CommonSettings):
     """Consecutive provider failures that open a model's circuit breaker."""
     breaker_reset_seconds: float = Field(30.0, gt=0, le=3600, validation_alias=_env("breaker_reset_seconds"))
     """How long an open breaker waits before letting one probe through."""
+    shared_state: bool = Field(False, validation_alias=_env("shared_state"))
+    """Share the model table, breakers and tenant quotas with the other replicas through ``OPENCLAW_REDIS_URL``."""
+    models_watch_seconds: float = Field(2.0, ge=0, le=3600, validation_alias=_env("models_watch_seconds"))
+    """How often the ``models`` file is checked for changes (0: never); a changed file is swapped in whole."""
+    retry_budget_ratio: float = Field(0.2, ge=0, le=10, validation_alias=_env("retry_budget_ratio"))
+    """Retries and fallbacks may add this share of extra provider calls (plus 5 a second)."""
+    default_priority: Literal["interactive", "agent", "batch"] = Field(
+        "interactive", validation_alias=_env("default_priority")
+    )
+    """The queueing class of requests that name none."""
+    tenants_file: Path | None = None
+    """``OPENCLAW_TENANTS_FILE``, as the gateway reads it: which models each tenant may use, and its quotas."""
+    tenants_mode: Literal["open", "closed"] = "open"
+    cache_ttl_seconds: float = Field(3600.0, ge=0, le=30 * 86400, validation_alias=_env("cache_ttl_seconds"))
+    """How long cached answers live; 0 turns the response cache off (see docs/router.md, "Response cache")."""
+    cache_models: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict, validation_alias=_env("cache_models")
+    )
+    """Per-model cache TTLs in seconds as JSON (``{"gpt-4o": 600, "echo": 0}``); 0 never caches that model."""
+    coalesce: bool = Field(True, validation_alias=_env("coalesce"))
+    """Whether identical cacheable requests in flight together share one provider call."""
+    embed_batch_window_ms: float = Field(5.0, ge=0, le=1000, validation_alias=_env("embed_batch_window_ms"))
+    """How long an Embed request waits for others to share its provider call; 0 turns batching off."""
+    embed_batch_max_inputs: int = Field(256, ge=1, le=2048, validation_alias=_env("embed_batch_max_inputs"))
+    """Texts in one micro-batch at most."""
+    catalogue: str = Field("", validation_alias=_env("catalogue"))
+    """A YAML model catalogue that extends (and overrides) the bundled ``model_catalogue.yaml``."""
+    metering: bool = Field(True, validation_alias=_env("metering"))
+    """Whether tenants' usage is kept in Redis (per day) for GetUsage."""
+    usage_retention_days: int = Field(400, ge=1, le=3660, validation_alias=_env("usage_retention_days"))
 
     @field_validator("admin_token")
     @classmethod
@@ -67,6 +101,16 @@ class RouterSettings(CommonSettings):
             return None  # an empty variable means "not set"
         if not re.fullmatch(r"[\x21-\x7e]+", value.get_secret_value()):
             raise ValueError("must be printable ASCII without spaces (it travels in gRPC metadata)")
+        return value
+
+    @field_validator("tenants_file")
+    @classmethod
+    def _tenants_file_loads(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                load_file(value)
+            except (OSError, InvalidInputError, ValueError) as exc:
+                raise ValueError(f"cannot load {value}: {getattr(exc, 'message', exc)}") from None
         return value
 
     @field_validator("api_key_env_pattern")

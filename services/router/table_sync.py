@@ -156,30 +156,44 @@ class TableSync:
         models = []
         for spec in specs:
             config: dict[str, Any] = dict(spec_config(spec))
-            if config.get("api_key"):
-                if self._sealer is None:
-                    raise InvalidInputError(
-                        f"model {spec.name!r}: a literal api_key cannot be shared between router replicas without "
-                        "encryption at rest (configure master keys), use api_key_env instead",
-                        model=spec.name,
-                    )
-                config["api_key"] = await self._sealer.seal_text(
-                    _SEAL_TENANT, config["api_key"], f"model:{spec.name}"
-                )
+            config["api_key"] = await self._seal(spec.name, config["api_key"], f"model:{spec.name}")
+            deployments = [dict(d) for d in config["deployments"]]
+            for index, d in enumerate(deployments):
+                if d.get("api_key"):
+                    label = f"model:{spec.name}/{d.get('name', index)}"
+                    d["api_key"] = await self._seal(spec.name, d["api_key"], label)
+            config["deployments"] = deployments
             models.append(config)
         return json.dumps({"models": models}, default=list, sort_keys=True)
+
+    async def _seal(self, model: str, key: str, label: str) -> str:
+        if not key:
+            return ""
+        if self._sealer is None:
+            raise InvalidInputError(
+                f"model {model!r}: a literal api_key cannot be shared between router replicas without "
+                "encryption at rest (configure master keys), use api_key_env instead",
+                model=model,
+            )
+        return await self._sealer.seal_text(_SEAL_TENANT, key, label)
+
+    async def _open(self, sealed: str, label: str) -> str:
+        if not sealed:
+            return ""
+        if self._sealer is None:
+            raise InvalidInputError(
+                "the shared model table holds sealed keys but no master key is configured"
+            )
+        return await self._sealer.open_text(_SEAL_TENANT, sealed, label)
 
     async def _parse(self, doc: str) -> list[ModelSpec]:
         specs = []
         for config in json.loads(doc)["models"]:
-            if config.get("api_key"):
-                if self._sealer is None:
-                    raise InvalidInputError(
-                        "the shared model table holds sealed keys but no master key is configured"
-                    )
-                config["api_key"] = await self._sealer.open_text(
-                    _SEAL_TENANT, config["api_key"], f"model:{config['name']}"
-                )
+            name = config["name"]
+            config["api_key"] = await self._open(config.get("api_key", ""), f"model:{name}")
+            for index, d in enumerate(config.get("deployments", ())):
+                if d.get("api_key"):
+                    d["api_key"] = await self._open(d["api_key"], f"model:{name}/{d.get('name', index)}")
             specs.append(build_spec(config, self._registry.ctx))
         return specs
 

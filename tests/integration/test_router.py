@@ -897,7 +897,7 @@ async def test_max_concurrency_queues_instead_of_failing(
         timeout=10,
     )
     calls = [asyncio.ensure_future(stub.Chat(chat_request("slow"), timeout=30)) for _ in range(10)]
-    limiter = router.router.limiter("slow")
+    limiter = router.router.group("slow").scheduler
     await wait_for(lambda: upstream.current == 3 and limiter.waiting == 7, "3 calls upstream and 7 queued")
     assert metric("openclaw_router_in_flight", model="slow") == 3
     upstream.gate.set()

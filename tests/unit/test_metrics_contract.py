@@ -14,6 +14,9 @@ MODULES = [
     "services.gateway.metrics",
     "services.executor.metrics",
     "services.router.metrics",
+    "services.router.cache",
+    "services.router.batcher",
+    "services.router.metering",
 ]
 
 

@@ -13,6 +13,7 @@ from services.router.qos import (
     Balancer,
     DeadlineShedError,
     DeploymentLoad,
+    DeploymentRate,
     FairScheduler,
     QueueFullError,
     RetryBudget,
@@ -165,6 +166,32 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_capacity_growth_admits_wa
     assert order == ["kept1", "kept2"] and s.in_flight == 3
 
 
+async def test_batch_leaves_headroom_so_interactive_finds_a_free_slot_during_a_flood() -> None:
+    s = FairScheduler("m", lambda: 8)
+    order: list[str] = []
+    for _ in range(6):  # 8 slots less a quarter: batch alone fills 6
+        await s.acquire("bob", priority="batch")
+    await queue_up(s, order, "batch-7", tenant="bob", priority="batch")
+    assert s.in_flight == 6 and s.waiting_by_priority()["batch"] == 1
+    await s.acquire("ann", priority="agent")  # agent leaves a tenth: 7 of 8
+    await queue_up(s, order, "agent-2", tenant="ann", priority="agent")
+    assert (await s.acquire("alice", priority="interactive")).queued_s == 0.0  # the last slot, at once
+    assert s.in_flight == 8 and order == []
+    await drain(s, order, 1)
+    assert order == []  # 7 in flight: agent's and batch's limits are both reached
+    await drain(s, order, 2)
+    assert order == ["agent-2"]  # under 7: the agent's share first
+    await drain(s, order, 1)
+    assert order == ["agent-2", "batch-7"]
+    one = FairScheduler("one", lambda: 1)
+    assert (await one.acquire("bob", priority="batch")).queued_s == 0.0  # a 1-slot model still serves batch
+
+
+def test_headroom_must_be_a_fraction_per_class() -> None:
+    with pytest.raises(ValueError, match="headroom"):
+        FairScheduler("m", lambda: 1, headroom={"interactive": 0.0, "agent": 0.1, "batch": 1.0})
+
+
 # -- adaptive limit -------------------------------------------------------------------------------------
 
 
@@ -203,6 +230,11 @@ def test_adaptive_limit_rejects_nonsense_and_follows_max_changes() -> None:
     limit = AdaptiveLimit(10)
     limit.set_max(3)
     assert limit.value == 3
+    limit.set_max(20)  # an operator raising max_concurrency means now, not after 17 rounds of growth
+    assert limit.value == 20
+    limit.on_overload()
+    limit.set_max(40)  # a backed-off limit keeps backing off: the provider said it is overloaded
+    assert limit.value == 10
 
 
 # -- balancer -------------------------------------------------------------------------------------------
@@ -211,10 +243,13 @@ def test_adaptive_limit_rejects_nonsense_and_follows_max_changes() -> None:
 def test_p2c_prefers_the_faster_less_loaded_deployment() -> None:
     fast = DeploymentLoad("fast", AdaptiveLimit(100), ewma_s=0.05)
     slow = DeploymentLoad("slow", AdaptiveLimit(100), ewma_s=0.5)
-    picks = Counter(Balancer(random.Random(1)).choose([fast, slow]).name for _ in range(100))  # type: ignore[union-attr]
-    assert picks == {"fast": 100}
+    balancer = Balancer(random.Random(1))
+    picks = Counter(balancer.choose([fast, slow]).name for _ in range(1000))  # type: ignore[union-attr]
+    # Drawn with replacement: the slow one wins only when it is drawn twice (1 in 4).
+    assert 650 < picks["fast"] < 850 and picks["fast"] + picks["slow"] == 1000
     fast.in_flight = 30  # 0.05 × 31 > 0.5 × 1: now the slow one is better
-    assert Balancer(random.Random(1)).choose([fast, slow]).name == "slow"  # type: ignore[union-attr]
+    picks = Counter(balancer.choose([fast, slow]).name for _ in range(1000))  # type: ignore[union-attr]
+    assert 650 < picks["slow"] < 850
 
 
 def test_full_open_and_draining_deployments_are_skipped() -> None:
@@ -236,7 +271,30 @@ def test_weights_split_traffic_between_equal_deployments() -> None:
         chosen = balancer.choose([a, b])
         assert chosen is not None
         picks[chosen.name] += 1
-    assert picks["a"] > 4 * picks["b"]  # a canary at weight 1 of 10 gets a small share
+    # Equally fast and idle: the weights are the shares (a canary at weight 1 of 10 gets about 10 %).
+    assert 120 < picks["b"] < 280
+
+
+# -- provider rate limits ------------------------------------------------------------------------------
+
+
+def test_rpm_and_tpm_buckets_refill_continuously() -> None:
+    clock = Clock()
+    rate = DeploymentRate(rpm=2, tpm=1000, clock=clock)
+    assert rate.allows(400)
+    rate.take(400)
+    rate.take(400)
+    assert not rate.allows(1)  # two requests: rpm spent
+    clock.now += 30  # half a minute refills one request and 500 tokens
+    assert rate.allows(500) and not rate.allows(800)
+    rate.take(100)
+    rate.spend(900)  # the completion: the token bucket goes below zero
+    clock.now += 30
+    assert not rate.allows(300)  # one request back, but only 200 tokens: the completion was paid for
+    clock.now += 60
+    assert rate.allows(5000)  # a prompt bigger than the bucket goes once it is full
+    with pytest.raises(ValueError):
+        DeploymentRate(rpm=-1)
 
 
 # -- retry budget ---------------------------------------------------------------------------------------

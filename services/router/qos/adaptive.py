@@ -75,10 +75,11 @@ class AdaptiveLimit:
         self._decrease()
 
     def set_max(self, max_limit: int) -> None:
-        """A model update changed ``max_concurrency``."""
+        """A model update changed ``max_concurrency``: a limit that was not backed off follows it up at once."""
+        at_max = self._limit >= self.max_limit
         self.max_limit = max(1, max_limit)
         self.min_limit = min(self.min_limit, self.max_limit)
-        self._limit = min(self._limit, float(self.max_limit))
+        self._limit = float(self.max_limit) if at_max else min(self._limit, float(self.max_limit))
 
     def _decrease(self) -> None:
         now = self._clock()

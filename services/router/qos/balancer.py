@@ -1,8 +1,11 @@
-"""Choosing a deployment: power of two random choices on latency × load / weight.
+"""Choosing a deployment: power of two random choices on latency × load, drawn by weight.
 
-Two random candidates (weighted by ``weight``) among those with a free slot and a closed breaker; the one with
-the lower score wins, score = EWMA latency × (in-flight + 1) / weight. P2C gets most of the benefit of
-least-loaded without herding every replica onto the same "best" deployment (Mitzenmacher; Envoy, Finagle).
+Two candidates are drawn at random, with replacement and in proportion to ``weight``, among those with a free
+slot and a closed breaker; the one with the lower score wins, score = EWMA latency × (in-flight + 1). P2C gets
+most of the benefit of least-loaded without herding every replica onto the same "best" deployment (Mitzenmacher;
+Envoy, Finagle). Weights act in the draw only, so they are traffic shares between equally fast deployments: a
+canary at weight 0.05 next to one at 1 gets about 5 % of the requests whatever the load, not 0 % at low load
+(which dividing the score by the weight would give).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class DeploymentLoad:
 
     def score(self) -> float:
         # An unmeasured deployment scores as fast, so new ones get traffic and are measured.
-        return (self.ewma_s or 1e-3) * (self.in_flight + 1) / max(self.weight, 1e-9)
+        return (self.ewma_s or 1e-3) * (self.in_flight + 1)
 
     def observe(self, latency_s: float, alpha: float = 0.2) -> None:
         """Fold in a latency (time to first token for streams, full latency otherwise)."""
@@ -49,9 +52,5 @@ class Balancer:
         candidates = [d for d in deployments if d.has_slot and d.weight > 0]
         if len(candidates) <= 1:
             return candidates[0] if candidates else None
-        weights = [d.weight for d in candidates]
-        first = self._rng.choices(range(len(candidates)), weights)[0]
-        rest = [i for i in range(len(candidates)) if i != first]
-        second = self._rng.choices(rest, [weights[i] for i in rest])[0]
-        a, b = candidates[first], candidates[second]
+        a, b = self._rng.choices(candidates, [d.weight for d in candidates], k=2)
         return a if a.score() <= b.score() else b

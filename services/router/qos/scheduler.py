@@ -7,6 +7,10 @@
 - A request that can no longer meet its deadline is shed at once: on arrival if the estimated wait is already
   too long, and the moment its deadline passes while queued, never after the work was done.
 - The queue is bounded: a full queue refuses with the estimated wait as the retry delay.
+- Headroom: the lower classes may not take the last slots of a model (batch leaves a quarter free, agent a
+  tenth, always at least one slot each), so an interactive request arriving during a flood finds a slot free
+  instead of waiting a whole call for one; slots are never taken back from a call, so only headroom can give
+  that. The price is that a model busy with batch work alone runs at three quarters of its limit.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from services.common.errors import ResourceExhaustedError, TimeoutError_
 
 PRIORITIES = ("interactive", "agent", "batch")
 DEFAULT_SHARES: Mapping[str, float] = {"interactive": 0.6, "agent": 0.3, "batch": 0.1}
+DEFAULT_HEADROOM: Mapping[str, float] = {"interactive": 0.0, "agent": 0.1, "batch": 0.25}
+"""The share of a model's slots each class leaves free for the classes above it."""
 
 
 class QueueFullError(ResourceExhaustedError):
@@ -115,11 +121,15 @@ class FairScheduler:
         capacity: Callable[[], int],
         *,
         shares: Mapping[str, float] = DEFAULT_SHARES,
+        headroom: Mapping[str, float] = DEFAULT_HEADROOM,
         max_queue: int = 1000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if set(shares) != set(PRIORITIES) or any(v <= 0 for v in shares.values()):
             raise ValueError(f"shares must give each of {', '.join(PRIORITIES)} a positive share")
+        if set(headroom) != set(PRIORITIES) or any(not 0 <= v < 1 for v in headroom.values()):
+            raise ValueError(f"headroom must give each of {', '.join(PRIORITIES)} a fraction in [0, 1)")
+        self._headroom = dict(headroom)
         self.name = name
         self._capacity = capacity
         self._classes = {p: _Class(shares[p]) for p in PRIORITIES}
@@ -157,7 +167,8 @@ class FairScheduler:
         now = self._clock()
         if deadline is not None and deadline <= now:
             raise DeadlineShedError(self.name, "its deadline had already passed on arrival")
-        if self.in_flight < self._capacity() and not self.waiting:
+        capacity = self._capacity()
+        if self.in_flight < self._limit(priority, capacity) and not self._contended(capacity):
             self.in_flight += 1
             return Grant(priority, 0.0)
         estimate = self.estimated_wait_s(priority)
@@ -198,10 +209,21 @@ class FairScheduler:
         self.in_flight -= 1
         self.dispatch()
 
+    def _limit(self, priority: str, capacity: int) -> int:
+        """Slots a class may fill: the capacity less its headroom, at least one."""
+        return max(1, int(capacity * (1.0 - self._headroom[priority])))
+
+    def _contended(self, capacity: int) -> bool:
+        """Whether a queued request could take a free slot now (then a newcomer must queue behind it)."""
+        return any(c.queues and self.in_flight < self._limit(p, capacity) for p, c in self._classes.items())
+
     def dispatch(self) -> None:
         """Hand free slots to queued requests (also after the capacity grew)."""
-        while self.in_flight < self._capacity():
-            ticket = self._next()
+        while True:
+            capacity = self._capacity()
+            if self.in_flight >= capacity:
+                return
+            ticket = self._next(capacity)
             if ticket is None:
                 return
             if ticket.future.done():
@@ -209,8 +231,10 @@ class FairScheduler:
             self.in_flight += 1
             ticket.future.set_result(None)
 
-    def _next(self) -> _Ticket | None:
-        active = [c for c in self._classes.values() if c.queues]
+    def _next(self, capacity: int) -> _Ticket | None:
+        active = [
+            c for p, c in self._classes.items() if c.queues and self.in_flight < self._limit(p, capacity)
+        ]
         if not active:
             return None
         # Reserved shares: the class furthest behind its share goes next (stride scheduling over classes).
