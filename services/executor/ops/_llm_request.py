@@ -69,6 +69,8 @@ async def ask(
         messages=[router_pb2.ChatMessage(role=role, content=content) for role, content in messages],
         tenant=ctx.tenant,
         request_id=f"{ctx.task_id}:{ctx.step_id}:{ctx.attempt}{':' + attempt if attempt else ''}",
+        # Workflow steps queue behind people waiting on a chat reply, not beside them (router QoS classes).
+        priority="agent",
     )
     if p.temperature is not None:
         request.temperature = p.temperature
