@@ -149,7 +149,10 @@ class AuditLog:
         await self._queue.put(event)
 
     async def flush(self) -> None:
-        """Append every queued event now (tests and shutdown)."""
+        """Append every queued event now (readers, tests and shutdown), in order with the background writer."""
+        if self._task is not None and not self._task.done():
+            await self._queue.join()  # the writer appends them; writing here too could reorder a chain
+            return
         while not self._queue.empty():
             batch: dict[str, list[AuditEvent]] = {}
             for _ in range(min(self._max_batch, self._queue.qsize())):
@@ -157,6 +160,8 @@ class AuditLog:
                 batch.setdefault(event.tenant, []).append(event)
             for tenant, events in batch.items():
                 await self._append(tenant, events)
+                for _ in events:
+                    self._queue.task_done()
 
     async def _flusher(self) -> None:
         while True:
@@ -174,6 +179,9 @@ class AuditLog:
                     for event in events:
                         await self._queue.put(event)
                     await asyncio.sleep(1.0)
+                finally:
+                    for _ in events:
+                        self._queue.task_done()
 
     async def _append(self, tenant: str, events: list[AuditEvent]) -> None:
         head = self._heads.get(tenant)
@@ -214,6 +222,16 @@ class AuditLog:
             if len(entries) < page:
                 return
             start = "(" + entries[-1][0]
+
+    async def page(
+        self, tenant: str, *, after: str = "", limit: int = 100
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Up to ``limit`` of the tenant's records after the cursor ``after`` ('' from the start), and the
+        cursor of the last one returned ('' when none was)."""
+        start = f"({after}" if after else "-"
+        entries = await self._redis.xrange(self._stream(tenant), min=start, count=limit)
+        records = [json.loads(fields["r"]) for _, fields in entries]
+        return records, str(entries[-1][0]) if entries else ""
 
     async def tenants(self) -> list[str]:
         return sorted(await self._redis.smembers(f"{self._ns}:audit:tenants"))  # type: ignore[misc]

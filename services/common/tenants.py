@@ -186,7 +186,13 @@ class TenantDirectory:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self.refresh()
+        """Read the admin API's policies and keep them fresh; a Redis outage now only delays them."""
+        try:
+            await self.refresh()
+        except Exception as exc:  # the config file's policies apply until the background refresh succeeds
+            log.warning(
+                "tenant policies not read at start; retrying in the background", extra={"error": str(exc)}
+            )
         self._task = asyncio.create_task(self._refresher(), name="tenants-refresh")
 
     async def stop(self) -> None:
@@ -206,6 +212,14 @@ class TenantDirectory:
 
     def known(self) -> list[str]:
         return sorted(set(self._configured) | set(self._overrides))
+
+    def defined(self, tenant: str) -> tuple[str, TenantPolicy] | None:
+        """Where a tenant's policy comes from ('admin' API or 'config' file) and the policy, disabled or not."""
+        if tenant in self._overrides:
+            return "admin", self._overrides[tenant]
+        if tenant in self._configured:
+            return "config", self._configured[tenant]
+        return None
 
     async def put(self, tenant: str, raw: Any) -> TenantPolicy:
         """Create or replace a tenant's policy (admin API); a bad policy changes nothing."""

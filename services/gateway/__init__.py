@@ -1,4 +1,5 @@
-"""The gateway: HTTP and gRPC task API, OpenAI-compatible chat, JWT auth; tasks go to RabbitMQ, chat to the router.
+"""The gateway: task API over HTTP, WebSocket, MQTT and gRPC, OpenAI-compatible chat, and governance (JWT or API
+key auth, roles, tenant policies, rate and stream limits, shedding, audit); tasks go to RabbitMQ, chat to the router.
 
 Public surface: ``build`` and ``GatewayApp`` (the process), ``GatewaySettings``, ``TaskService`` (the domain
 every transport calls) and ``mint_token`` (development tokens for the CLI). Names are imported on first use,

@@ -83,7 +83,7 @@ class TokenVerifier:
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._algorithms = _check_algorithms(algorithms, has_secret=bool(secret), has_jwks=jwks is not None)
+        self._algorithms = check_algorithms(algorithms, has_secret=bool(secret), has_jwks=jwks is not None)
         self._secret = secret or ""
         self._jwks = jwks
         self._issuer = issuer
@@ -124,7 +124,7 @@ class TokenVerifier:
             )
         key: Any = self._secret
         if alg in ASYMMETRIC:
-            assert self._jwks is not None  # _check_algorithms guarantees it
+            assert self._jwks is not None  # check_algorithms guarantees it
             kid = header.get("kid")
             try:
                 key = self._jwks.key(kid if isinstance(kid, str) else None, alg)
@@ -207,7 +207,7 @@ def mint_token(
     return jwt.PyJWT(options=_OPTIONS).encode(claims, secret, algorithm=ALGORITHM)  # type: ignore[arg-type]
 
 
-def _check_algorithms(algorithms: Sequence[str], *, has_secret: bool, has_jwks: bool) -> frozenset[str]:
+def check_algorithms(algorithms: Sequence[str], *, has_secret: bool, has_jwks: bool) -> frozenset[str]:
     """The allow-list, refusing 'none', unknown names, and shared-secret and public-key algorithms together."""
     allowed = frozenset(algorithms)
     unknown = sorted(allowed - SYMMETRIC - ASYMMETRIC)

@@ -23,18 +23,26 @@ from starlette.types import ASGIApp
 
 from openclaw.v1 import gateway_pb2_grpc
 from services.common import rpc
+from services.common.audit import AuditLog
 from services.common.publisher import TaskPublisher
 from services.common.redis_client import open_redis
 from services.common.router_client import RouterClient
 from services.common.taskstore import TaskStore
+from services.common.tenants import TenantDirectory, load_file
 from services.common.topology import Topology
+from services.gateway.access import Authenticator, Gate
+from services.gateway.admin_api import AdminRoutes
+from services.gateway.apikeys import ApiKeyStore
 from services.gateway.auth import TokenVerifier
 from services.gateway.grpc_api import SERVICE_NAME, TaskServicer
 from services.gateway.http_api import ProbeRoutes, TaskRoutes, create_app
 from services.gateway.httpserver import CountProtocols, Http1Server, Http2Server, WebSocketLimits
+from services.gateway.keys import JwksKeys
+from services.gateway.limits import QueueShedder, RouteLimits, SlotPool
 from services.gateway.metrics import REQUESTS
 from services.gateway.mqtt_api import MqttIngress
 from services.gateway.openai_api import ChatBackend, OpenAIRoutes
+from services.gateway.ratelimit import Quota, RateLimiter
 from services.gateway.settings import GatewaySettings
 from services.gateway.tasks import EnvelopePublisher, TaskService, WorkflowCatalogue
 from services.gateway.websocket_api import WebSocketPolicy, WebSocketRoutes
@@ -55,14 +63,35 @@ class ExecutorCatalogue:
         self._templates: Any = templates
         self._ops = ops.catalogue()
 
-    def check_workflow(self, doc: dict[str, Any], inputs: dict[str, Any]) -> str:
+    def check_workflow(self, doc: dict[str, Any], inputs: dict[str, Any]) -> tuple[str, frozenset[str]]:
         workflow = self._dsl.parse_workflow(doc, known_ops=self._ops)
         workflow.bind_inputs(inputs)
-        return str(workflow.name)
+        return str(workflow.name), workflow_operations(workflow)
 
     def load_template(self, name: str) -> dict[str, Any]:
         doc: dict[str, Any] = self._templates.load_template(name)
         return doc
+
+    def check_template_inputs(self, name: str, inputs: dict[str, Any]) -> None:
+        self._templates.validate_inputs(name, inputs)
+
+
+def workflow_operations(workflow: Any) -> frozenset[str]:
+    """Every operation a parsed workflow may run: in foreach bodies, parallel branches, catch blocks and
+    called workflows too (control steps are not operations)."""
+    from services.executor.model import walk_steps
+
+    ops: set[str] = set()
+    pending = [workflow]
+    while pending:
+        for step in walk_steps(pending.pop().steps):
+            if step.workflow is not None:
+                pending.append(step.workflow)
+            if not step.is_control:
+                ops.add(step.type)
+            if step.agent is not None:  # an agent step runs its allow-listed tools
+                ops.update(t for t in step.agent.get("tools", ()) if isinstance(t, str))
+    return frozenset(ops)
 
 
 class GatewayApp:
@@ -80,6 +109,7 @@ class GatewayApp:
         router: ChatBackend | None = None,
         publisher: EnvelopePublisher | None = None,
         sse_heartbeat_s: float = 15.0,
+        jwks: JwksKeys | None = None,
     ) -> None:
         self.settings = settings
         self.http_port = settings.http_port
@@ -87,6 +117,7 @@ class GatewayApp:
         self.http2_port: int | None = None
         self.tls_port: int | None = None
         self._verifier = verifier
+        self._jwks = jwks
         self._catalogue = catalogue
         self._topology = topology
         self._redis = redis
@@ -107,6 +138,12 @@ class GatewayApp:
         self._http1: Http1Server | None = None
         self._http2: Http2Server | None = None
         self._mqtt: MqttIngress | None = None
+        self.gate: Gate | None = None
+        self.tenants: TenantDirectory | None = None
+        self.audit: AuditLog | None = None
+        self.api_keys: ApiKeyStore | None = None
+        self._slots: SlotPool | None = None
+        self._shedder: QueueShedder | None = None
 
     @property
     def asgi_app(self) -> ASGIApp:
@@ -152,25 +189,37 @@ class GatewayApp:
             max_attempts=settings.task_max_attempts,
             publish_timeout_s=settings.publish_timeout_seconds,
         )
+        gate = self.gate = await self._start_governance(settings, self._redis, self._amqp)
+        depth = settings.max_json_depth
         self._asgi = create_app(
             [
                 TaskRoutes(
                     self._tasks,
-                    self._verifier,
+                    gate,
                     max_body_bytes=settings.max_body_bytes,
                     heartbeat_s=self._heartbeat_s,
+                    max_json_depth=depth,
                 ).routes(),
-                OpenAIRoutes(self._router, self._verifier, max_body_bytes=settings.max_body_bytes).routes(),
+                OpenAIRoutes(
+                    self._router, gate, max_body_bytes=settings.max_body_bytes, max_json_depth=depth
+                ).routes(),
+                AdminRoutes(
+                    gate,
+                    self.api_keys,
+                    admin_token=settings.admin_token,
+                    max_body_bytes=settings.max_body_bytes,
+                ).routes(),
                 ProbeRoutes(self.readiness).routes(),
                 WebSocketRoutes(
                     self._tasks,
                     self._router,
-                    self._verifier,
+                    gate,
                     WebSocketPolicy(
                         auth_timeout_s=settings.ws_auth_timeout_seconds,
                         max_in_flight=settings.ws_max_in_flight,
                         max_messages_per_second=settings.ws_max_messages_per_second,
                         heartbeat_s=self._heartbeat_s,
+                        max_json_depth=depth,
                     ),
                 ).routes(),
             ]
@@ -178,7 +227,7 @@ class GatewayApp:
         await self._start_grpc(settings)
         await self._start_http(settings)
         if settings.mqtt_url:
-            self._mqtt = MqttIngress(self._tasks, self._verifier, settings)
+            self._mqtt = MqttIngress(self._tasks, gate, settings)
             await self._mqtt.start()
         self._started = True
         _log.info(
@@ -193,12 +242,82 @@ class GatewayApp:
             },
         )
 
+    async def _start_governance(
+        self, settings: GatewaySettings, redis: Redis, amqp: AbstractRobustConnection
+    ) -> Gate:
+        """Tenants, API keys, rate limits, stream slots, shedding and audit: everything the Gate checks."""
+        if self._jwks is not None:
+            await self._jwks.start()  # start-up fails if the key set cannot be read
+        configured, default = load_file(settings.tenants_file) if settings.tenants_file else ({}, None)
+        self.tenants = TenantDirectory(
+            redis,
+            settings.namespace,
+            configured=configured,
+            default=default,
+            closed=settings.tenants_mode == "closed",
+        )
+        await self.tenants.start()
+        if settings.api_keys_enabled:
+            self.api_keys = ApiKeyStore(redis, settings.namespace, cache_s=settings.api_key_cache_seconds)
+        if settings.audit_enabled:
+            self.audit = AuditLog(redis, settings.namespace, settings.audit_key_bytes(), service="gateway")
+            await self.audit.start()
+        self._slots = SlotPool(redis, settings.namespace)
+        await self._slots.start()
+        if settings.shed_queue_depth > 0:
+            self._shedder = QueueShedder(
+                amqp,
+                self._topology.task_queue,
+                max_depth=settings.shed_queue_depth,
+                interval_s=settings.shed_check_seconds,
+            )
+        key_quota = None
+        if settings.api_key_requests_per_minute > 0:
+            key_quota = Quota(settings.api_key_requests_per_minute, 60.0, settings.api_key_burst)
+        return Gate(
+            Authenticator(self._verifier, self.api_keys, default_roles=settings.auth_default_roles),
+            self.tenants,
+            limiter=RateLimiter(redis, settings.namespace) if settings.rate_limit_enabled else None,
+            audit_log=self.audit,
+            slots=self._slots,
+            routes=RouteLimits(
+                {
+                    "submit": settings.max_concurrent_submits,
+                    "read": settings.max_concurrent_reads,
+                    "chat": settings.max_concurrent_chats,
+                }
+            ),
+            shedder=self._shedder,
+            api_key_quota=key_quota,
+        )
+
+    async def _stop_governance(self) -> None:
+        if self._shedder is not None:
+            await self._shedder.close()
+            self._shedder = None
+        if self._slots is not None:
+            await self._slots.stop()
+            self._slots = None
+        if self.tenants is not None:
+            await self.tenants.stop()
+        if self.audit is not None:
+            with contextlib.suppress(Exception):  # a Redis outage at shutdown must not hang the drain
+                await asyncio.wait_for(self.audit.stop(), 5.0)
+        if self._jwks is not None:
+            await self._jwks.stop()
+
     async def _start_grpc(self, settings: GatewaySettings) -> None:
         assert self._tasks is not None
+        assert self.gate is not None
         # No SO_REUSEPORT: a second gateway on the same port must fail, not silently share it.
-        self._grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=[_CountGrpcCalls()])
+        options = [
+            ("grpc.so_reuseport", 0),
+            # The same bound on what a client may send as HTTP's body limit (gRPC's default is 4 MiB).
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ]
+        self._grpc = grpc.aio.server(options=options, interceptors=[_CountGrpcCalls()])
         gateway_pb2_grpc.add_TaskServiceServicer_to_server(
-            TaskServicer(self._tasks, self._verifier), self._grpc
+            TaskServicer(self._tasks, self.gate, max_json_depth=settings.max_json_depth), self._grpc
         )
         self._health = rpc.add_health_and_reflection(self._grpc, [SERVICE_NAME])
         host = f"[{settings.grpc_host}]" if ":" in settings.grpc_host else settings.grpc_host
@@ -278,6 +397,7 @@ class GatewayApp:
         if self._tasks is not None:
             self._tasks.close()
         await asyncio.gather(self._stop_http(), self._stop_grpc(grace), self._stop_mqtt())
+        await self._stop_governance()
         if self._task_publisher is not None:
             with contextlib.suppress(Exception):
                 await self._task_publisher.close()
@@ -324,6 +444,19 @@ def build(
     sse_heartbeat_s: float = 15.0,
 ) -> GatewayApp:
     """Build the gateway from its settings; each keyword replaces the part it names (tests)."""
+    jwks = None
+    if settings.jwks_url or settings.jwks_file is not None:
+        source = settings.jwks_url or str(settings.jwks_file)
+        jwks = JwksKeys(source, refresh_s=settings.jwks_refresh_seconds)
+    if verifier is None:
+        verifier = TokenVerifier(
+            settings.jwt_key if settings.uses_shared_secret else None,
+            jwks=jwks,
+            algorithms=settings.jwt_algorithms,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway_s=settings.jwt_leeway_seconds,
+        )
     if settings.uses_dev_secret:
         _log.warning(
             "OPENCLAW_ENV=dev and no OPENCLAW_JWT_SECRET: using the built-in development secret, "
@@ -331,8 +464,8 @@ def build(
         )
     return GatewayApp(
         settings,
-        verifier=verifier
-        or TokenVerifier(settings.jwt_key, issuer=settings.jwt_issuer, audience=settings.jwt_audience),
+        verifier=verifier,
+        jwks=jwks,
         catalogue=catalogue or ExecutorCatalogue(),
         topology=topology or Topology(settings.namespace),
         redis=redis,

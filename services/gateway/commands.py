@@ -9,10 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.errors import InvalidInputError, OpenClawError
+from services.common.tenants import TenantPolicy
 from services.gateway.http_api import task_body
 from services.gateway.tasks import MAX_WAIT_S, SubmitRequest, TaskService
 
 TASK_COMMANDS = ("submit", "get", "cancel")
+# The gateway action (services/gateway/access.py ACTIONS) each command is admitted as.
+COMMAND_ACTIONS = {"submit": "tasks.submit", "get": "tasks.get", "cancel": "tasks.cancel"}
 
 
 def error_body(err: OpenClawError) -> dict[str, Any]:
@@ -34,16 +37,28 @@ def string_field(doc: dict[str, Any], name: str, *, required: bool = True) -> st
     return value
 
 
+def command_resource(command: str, doc: dict[str, Any]) -> str:
+    """The task a command names, for its audit record ('' for a submit, named once it is created)."""
+    task_id = doc.get("task_id")
+    return f"task:{task_id}" if command != "submit" and isinstance(task_id, str) and task_id else ""
+
+
 async def run_task_command(
-    tasks: TaskService, tenant: str, command: str, doc: dict[str, Any]
+    tasks: TaskService,
+    tenant: str,
+    command: str,
+    doc: dict[str, Any],
+    *,
+    policy: TenantPolicy | None = None,
 ) -> dict[str, Any]:
-    """Run one task command for the tenant; returns the task body."""
+    """Run one task command for the tenant (a submit checked against its policy); returns the task body."""
     if command == "submit":
         task = doc.get("task")
         if not isinstance(task, dict):
             raise InvalidInputError("task: required, an object like the body of POST /v1/tasks", field="task")
         key = string_field(doc, "idempotency_key", required=False)
-        submitted = await tasks.submit(tenant, SubmitRequest.from_document(task, idempotency_key=key))
+        request = SubmitRequest.from_document(task, idempotency_key=key)
+        submitted = await tasks.submit(tenant, request, policy=policy)
         return task_body(submitted.task)
     task_id = string_field(doc, "task_id")
     if command == "get":

@@ -1,11 +1,13 @@
 """The gRPC transport of the task API (openclaw.v1.TaskService), over the same task service as HTTP.
 
-The tenant comes from ``authorization: Bearer <jwt>`` metadata; errors end the call with the error's status
+The caller comes from ``authorization: Bearer <jwt or API key>`` or ``x-api-key`` metadata and is governed
+like every other protocol (services/gateway/access.py); errors end the call with the error's status
 and its wire form in trailing metadata (services.common.rpc).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
@@ -16,8 +18,8 @@ from openclaw.v1 import gateway_pb2, gateway_pb2_grpc, tasks_pb2
 from services.common import rpc
 from services.common.errors import InvalidInputError, OpenClawError
 from services.common.taskstore import TaskEventRecord, TaskRecord
-from services.gateway.auth import Principal, TokenVerifier
-from services.gateway.jsonbody import parse_json
+from services.gateway.access import Call, Credentials, Gate
+from services.gateway.jsonbody import MAX_DEPTH, parse_json
 from services.gateway.tasks import SubmitRequest, TaskService
 
 SERVICE_NAME = "openclaw.v1.TaskService"
@@ -36,24 +38,28 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class TaskServicer(gateway_pb2_grpc.TaskServiceServicer):  # type: ignore[misc]
     """Submit, Get, Watch and Cancel for the tenant named by the caller's token."""
 
-    def __init__(self, tasks: TaskService, verifier: TokenVerifier) -> None:
+    def __init__(self, tasks: TaskService, gate: Gate, *, max_json_depth: int = MAX_DEPTH) -> None:
         self._tasks = tasks
-        self._verifier = verifier
+        self._gate = gate
+        self._depth = max_json_depth
 
     async def Submit(self, request: gateway_pb2.SubmitTaskRequest, context: Context) -> tasks_pb2.Task:
         with rpc.server_span(context, "Submit", SERVICE_NAME):
             try:
-                principal = self._principal(context)
-                submitted = await self._tasks.submit(principal.tenant, _submit_request(request))
-                return task_message(submitted.task)
+                async with await self._admit(context, "tasks.submit") as call:
+                    submit = _submit_request(request, self._depth)
+                    submitted = await self._tasks.submit(call.principal.tenant, submit, policy=call.policy)
+                    call.resource = f"task:{submitted.task.id}"
+                    return task_message(submitted.task)
             except OpenClawError as exc:
                 await _abort(context, exc)
 
     async def Get(self, request: gateway_pb2.GetTaskRequest, context: Context) -> tasks_pb2.Task:
         with rpc.server_span(context, "Get", SERVICE_NAME):
             try:
-                principal = self._principal(context)
-                return task_message(await self._tasks.get(principal.tenant, request.task_id, steps=True))
+                async with await self._admit(context, "tasks.get", request.task_id) as call:
+                    record = await self._tasks.get(call.principal.tenant, request.task_id, steps=True)
+                    return task_message(record)
             except OpenClawError as exc:
                 await _abort(context, exc)
 
@@ -62,37 +68,53 @@ class TaskServicer(gateway_pb2_grpc.TaskServiceServicer):  # type: ignore[misc]
     ) -> AsyncIterator[tasks_pb2.TaskEvent]:
         with rpc.server_span(context, "Watch", SERVICE_NAME):
             try:
-                principal = self._principal(context)
-                events = await self._tasks.watch(
-                    principal.tenant, request.task_id, after=request.after_event_id
-                )
+                call = await self._admit(context, "tasks.watch", request.task_id)
             except OpenClawError as exc:
                 await rpc.abort(context, exc)
                 return
+            error: BaseException | None = None
             try:
-                async for event in events:
-                    if event is not None:
-                        yield event_message(event)
+                slot = await call.stream_slot()
+                try:
+                    events = await self._tasks.watch(
+                        call.principal.tenant, request.task_id, after=request.after_event_id
+                    )
+                    try:
+                        async for event in events:
+                            if event is not None:
+                                yield event_message(event)
+                    finally:
+                        await events.aclose()
+                finally:
+                    await asyncio.shield(slot.release())
             except OpenClawError as exc:
+                error = exc
                 await rpc.abort(context, exc)
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
-                await events.aclose()
+                await asyncio.shield(call.finish(error))
 
     async def Cancel(self, request: gateway_pb2.CancelTaskRequest, context: Context) -> tasks_pb2.Task:
         with rpc.server_span(context, "Cancel", SERVICE_NAME):
             try:
-                principal = self._principal(context)
-                return task_message(await self._tasks.cancel(principal.tenant, request.task_id))
+                async with await self._admit(context, "tasks.cancel", request.task_id) as call:
+                    return task_message(await self._tasks.cancel(call.principal.tenant, request.task_id))
             except OpenClawError as exc:
                 await _abort(context, exc)
 
-    def _principal(self, context: Context) -> Principal:
-        authorization = None
+    async def _admit(self, context: Context, action: str, task_id: str = "") -> Call:
+        authorization = api_key = None
         for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                authorization = value if isinstance(value, str) else bytes(value).decode("latin-1")
-                break
-        return self._verifier.authenticate(authorization)
+            text = value if isinstance(value, str) else bytes(value).decode("latin-1")
+            if key == "authorization" and authorization is None:
+                authorization = text
+            elif key == "x-api-key" and api_key is None:
+                api_key = text
+        principal = await self._gate.authenticate(Credentials(authorization, api_key))
+        resource = f"task:{task_id}" if task_id else ""
+        return await self._gate.admit(principal, action, protocol="grpc", resource=resource)
 
 
 async def _abort(context: Context, err: OpenClawError) -> NoReturn:
@@ -100,9 +122,11 @@ async def _abort(context: Context, err: OpenClawError) -> NoReturn:
     raise AssertionError("context.abort returned")  # it raises; this tells the type checker so
 
 
-def _submit_request(request: gateway_pb2.SubmitTaskRequest) -> SubmitRequest:
-    workflow = _json_object(request.workflow_json, "workflow_json") if request.workflow_json else None
-    inputs = _json_object(request.inputs_json, "inputs_json") if request.inputs_json else None
+def _submit_request(request: gateway_pb2.SubmitTaskRequest, max_depth: int = MAX_DEPTH) -> SubmitRequest:
+    workflow = (
+        _json_object(request.workflow_json, "workflow_json", max_depth) if request.workflow_json else None
+    )
+    inputs = _json_object(request.inputs_json, "inputs_json", max_depth) if request.inputs_json else None
     return SubmitRequest(
         workflow=workflow,
         template=request.template,
@@ -112,8 +136,8 @@ def _submit_request(request: gateway_pb2.SubmitTaskRequest) -> SubmitRequest:
     )
 
 
-def _json_object(raw: str, field: str) -> dict[str, Any]:
-    value = parse_json(raw, field=field)
+def _json_object(raw: str, field: str, max_depth: int) -> dict[str, Any]:
+    value = parse_json(raw, field=field, max_depth=max_depth)
     if not isinstance(value, dict):
         raise InvalidInputError(f"{field} must be a JSON object", field=field)
     return value

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
+import anyio
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -28,12 +29,16 @@ from services.common.errors import (
     InvalidInputError,
     OpenClawError,
     PayloadTooLargeError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 from services.common.taskstore import TaskEventRecord, TaskRecord
-from services.gateway.auth import AuthError, Principal, TokenVerifier
-from services.gateway.jsonbody import parse_json
+from services.gateway.access import Call, Credentials, Gate
+from services.gateway.auth import AuthError
+from services.gateway.jsonbody import MAX_DEPTH, parse_json
+from services.gateway.limits import Slot
 from services.gateway.metrics import HTTP_DURATION, HTTP_REQUESTS, UNMATCHED_ROUTE
+from services.gateway.ratelimit import RateLimitedError
 from services.gateway.tasks import MAX_WAIT_S, SubmitRequest, TaskService
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
@@ -54,10 +59,13 @@ def error_response(err: OpenClawError) -> JSONResponse:
 
 
 def error_headers(err: OpenClawError) -> dict[str, str]:
-    """WWW-Authenticate on 401, Retry-After on retryable refusals, Connection: close when the body was not read."""
+    """WWW-Authenticate on 401, RateLimit-* and Retry-After on 429, Retry-After on retryable refusals,
+    Connection: close when the body was not read."""
     if isinstance(err, AuthError):
         return {"WWW-Authenticate": err.www_authenticate()}
-    if isinstance(err, UnavailableError | InProgressError):
+    if isinstance(err, RateLimitedError):
+        return err.decision.headers()
+    if isinstance(err, UnavailableError | InProgressError | ResourceExhaustedError):
         retry_after = err.details.get("retry_after", 1)
         return {"Retry-After": str(max(1, math.ceil(float(retry_after))))}
     if isinstance(err, PayloadTooLargeError):
@@ -65,7 +73,7 @@ def error_headers(err: OpenClawError) -> dict[str, str]:
     return {}
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, limit: int, max_depth: int = MAX_DEPTH) -> Any:
     """The body parsed as JSON; 413 as soon as it passes limit bytes (Content-Length is not trusted)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -80,23 +88,45 @@ async def read_json(request: Request, limit: int) -> Any:
     raw = b"".join(chunks)
     if not raw.strip():
         raise InvalidInputError("the request body is empty; a JSON object is required")
-    return parse_json(raw)
+    return parse_json(raw, max_depth=max_depth)
 
 
-def authenticate(verifier: TokenVerifier, request: Request) -> Principal:
-    """The caller, from the Authorization header."""
-    return verifier.authenticate(request.headers.get("authorization"))
+def credentials(request: Request) -> Credentials:
+    """What the request presented: ``Authorization`` and ``X-API-Key``."""
+    return Credentials(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+
+async def admit(gate: Gate, request: Request, action: str, resource: str = "") -> Call:
+    """Authenticate the request and admit it for the action (401/403/429/503 otherwise)."""
+    principal = await gate.authenticate(credentials(request))
+    return await gate.admit(principal, action, protocol="http", resource=resource)
+
+
+async def finish_quietly(call: Call, *slots: Slot | None, error: BaseException | None = None) -> None:
+    """Release a stream's slots and audit its call, even while the stream is being cancelled."""
+    with anyio.CancelScope(shield=True):
+        for slot in slots:
+            if slot is not None:
+                await slot.release()
+        await call.finish(error)
 
 
 class TaskRoutes:
     """POST/GET/DELETE /v1/tasks... over the task service."""
 
     def __init__(
-        self, tasks: TaskService, verifier: TokenVerifier, *, max_body_bytes: int, heartbeat_s: float
+        self,
+        tasks: TaskService,
+        gate: Gate,
+        *,
+        max_body_bytes: int,
+        heartbeat_s: float,
+        max_json_depth: int = MAX_DEPTH,
     ) -> None:
         self._tasks = tasks
-        self._verifier = verifier
+        self._gate = gate
         self._limit = max_body_bytes
+        self._depth = max_json_depth
         self._heartbeat_s = heartbeat_s
 
     def routes(self) -> list[BaseRoute]:
@@ -110,52 +140,62 @@ class TaskRoutes:
         ]
 
     async def submit(self, request: Request) -> Response:
-        principal = authenticate(self._verifier, request)
-        doc = await read_json(request, self._limit)
-        submit = SubmitRequest.from_document(doc, idempotency_key=request.headers.get("idempotency-key", ""))
-        result = await self._tasks.submit(principal.tenant, submit)
-        headers = {"Location": f"/v1/tasks/{result.task.id}"}
-        if not result.created:
-            headers["Idempotent-Replayed"] = "true"
-        return JSONResponse(
-            task_body(result.task), status_code=202 if result.created else 200, headers=headers
-        )
+        async with await admit(self._gate, request, "tasks.submit") as call:
+            doc = await read_json(request, self._limit, self._depth)
+            key = request.headers.get("idempotency-key", "")
+            submit = SubmitRequest.from_document(doc, idempotency_key=key)
+            result = await self._tasks.submit(call.principal.tenant, submit, policy=call.policy)
+            call.resource = f"task:{result.task.id}"
+            headers = {"Location": f"/v1/tasks/{result.task.id}", **call.headers()}
+            if not result.created:
+                headers["Idempotent-Replayed"] = "true"
+            return JSONResponse(
+                task_body(result.task), status_code=202 if result.created else 200, headers=headers
+            )
 
     async def get(self, request: Request) -> Response:
-        principal = authenticate(self._verifier, request)
-        wait_s = _wait_param(request.query_params.get("wait"))
-        steps = request.query_params.get("steps", "").lower() in _TRUE
-        record = await self._tasks.get(
-            principal.tenant, request.path_params["task_id"], steps=steps, wait_s=wait_s
-        )
-        return JSONResponse(task_body(record))
+        task_id = request.path_params["task_id"]
+        async with await admit(self._gate, request, "tasks.get", f"task:{task_id}") as call:
+            wait_s = _wait_param(request.query_params.get("wait"))
+            steps = request.query_params.get("steps", "").lower() in _TRUE
+            record = await self._tasks.get(call.principal.tenant, task_id, steps=steps, wait_s=wait_s)
+            return JSONResponse(task_body(record), headers=call.headers())
 
     async def cancel(self, request: Request) -> Response:
-        principal = authenticate(self._verifier, request)
-        record = await self._tasks.cancel(principal.tenant, request.path_params["task_id"])
-        return JSONResponse(task_body(record))
+        task_id = request.path_params["task_id"]
+        async with await admit(self._gate, request, "tasks.cancel", f"task:{task_id}") as call:
+            record = await self._tasks.cancel(call.principal.tenant, task_id)
+            return JSONResponse(task_body(record), headers=call.headers())
 
     async def signal(self, request: Request) -> Response:
-        principal = authenticate(self._verifier, request)
-        payload = await read_json(request, self._limit)
-        record = await self._tasks.signal(
-            principal.tenant, request.path_params["task_id"], request.path_params["name"], payload
-        )
-        return JSONResponse(task_body(record), status_code=202)
+        task_id, name = request.path_params["task_id"], request.path_params["name"]
+        async with await admit(self._gate, request, "tasks.signal", f"task:{task_id}") as call:
+            call.details["signal"] = name
+            payload = await read_json(request, self._limit, self._depth)
+            record = await self._tasks.signal(call.principal.tenant, task_id, name, payload)
+            return JSONResponse(task_body(record), status_code=202, headers=call.headers())
 
     async def delete(self, request: Request) -> Response:
         return await self.cancel(request)
 
     async def events(self, request: Request) -> Response:
-        principal = authenticate(self._verifier, request)
-        after = request.headers.get("last-event-id") or request.query_params.get("after", "")
-        stream = await self._tasks.watch(
-            principal.tenant,
-            request.path_params["task_id"],
-            after=after.strip(),
-            heartbeat_s=self._heartbeat_s,
+        task_id = request.path_params["task_id"]
+        call = await admit(self._gate, request, "tasks.watch", f"task:{task_id}")
+        slot: Slot | None = None
+        try:
+            after = request.headers.get("last-event-id") or request.query_params.get("after", "")
+            slot = await call.stream_slot()
+            stream = await self._tasks.watch(
+                call.principal.tenant, task_id, after=after.strip(), heartbeat_s=self._heartbeat_s
+            )
+        except BaseException as exc:
+            await finish_quietly(call, slot, error=exc)
+            raise
+        return StreamingResponse(
+            _sse(stream, call, slot),
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, **call.headers()},
         )
-        return StreamingResponse(_sse(stream), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def task_body(record: TaskRecord) -> dict[str, Any]:
@@ -172,13 +212,20 @@ def sse_event(event: TaskEventRecord) -> bytes:
     return f"id: {event.event_id}\nevent: {event.type}\ndata: {data}\n\n".encode()
 
 
-async def _sse(stream: AsyncGenerator[TaskEventRecord | None, None]) -> AsyncGenerator[bytes, None]:
+async def _sse(
+    stream: AsyncGenerator[TaskEventRecord | None, None], call: Call, slot: Slot
+) -> AsyncGenerator[bytes, None]:
+    error: BaseException | None = None
     try:
         yield b"retry: 2000\n\n"
         async for event in stream:
             yield b": heartbeat\n\n" if event is None else sse_event(event)
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         await stream.aclose()
+        await finish_quietly(call, slot, error=error)
 
 
 def _wait_param(raw: str | None) -> float:

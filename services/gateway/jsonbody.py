@@ -15,11 +15,11 @@ MAX_DEPTH = 64
 """Levels of arrays and objects nested in one document; far more than any workflow or chat request needs."""
 
 
-def parse_json(raw: str | bytes, *, field: str | None = None) -> Any:
+def parse_json(raw: str | bytes, *, field: str | None = None, max_depth: int = MAX_DEPTH) -> Any:
     """The parsed document; InvalidInputError naming the problem (and ``field``, when it is one)."""
     subject = field or "the request body"
     details: dict[str, Any] = {"field": field} if field else {}
-    too_deep = f"{subject}: JSON nested too deeply (more than {MAX_DEPTH} levels of arrays and objects)"
+    too_deep = f"{subject}: JSON nested too deeply (more than {max_depth} levels of arrays and objects)"
     try:
         value = json.loads(raw)
     except UnicodeDecodeError as exc:
@@ -36,8 +36,8 @@ def parse_json(raw: str | bytes, *, field: str | None = None) -> Any:
         raise InvalidInputError(too_deep, **details) from None
     except ValueError as exc:  # e.g. an integer literal longer than sys.get_int_max_str_digits()
         raise InvalidInputError(f"{subject} is not valid JSON: {exc}", **details) from exc
-    if _deeper_than(value, MAX_DEPTH):
-        raise InvalidInputError(too_deep, **details)
+    if _deeper_than(value, max_depth):
+        raise InvalidInputError(too_deep, max_depth=max_depth, **details)
     return value
 
 

@@ -43,3 +43,22 @@ MQTT_MESSAGES = Counter(
 
 # Route label for requests that matched no route: raw paths would explode the label's cardinality.
 UNMATCHED_ROUTE = "unmatched"
+RATE_LIMITED = Counter(
+    "openclaw_gateway_rate_limited_total",
+    "Requests refused by a rate limit (429), by subject kind: tenant or api_key.",
+    ["subject"],
+)
+FORBIDDEN = Counter(
+    "openclaw_gateway_forbidden_total",
+    "Authenticated requests refused by authorization, by reason: role, tenant, policy.",
+    ["reason"],
+)
+SHED = Counter(
+    "openclaw_gateway_shed_total",
+    "Requests refused to protect the service (503), by reason: queue_depth or route_<class> at its limit.",
+    ["reason"],
+)
+AUDIT_DROPPED = Counter(
+    "openclaw_gateway_audit_dropped_total",
+    "Audit records the gateway could not queue (the audit writer far behind, e.g. Redis down); alert on any.",
+)

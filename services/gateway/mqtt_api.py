@@ -1,8 +1,8 @@
 """MQTT 5 ingress: task commands published to ``{prefix}/{tenant}/tasks/{command}``, answered by request/response.
 
 The gateway subscribes through a shared subscription (``$share/{group}/{prefix}/+/tasks/#``), so the broker
-hands each request to one gateway replica only. A request carries its JWT in the ``authorization`` user
-property (``Bearer <JWT>``, as in HTTP), a Response Topic and usually Correlation Data; the reply (the task,
+hands each request to one gateway replica only. A request carries its JWT or API key in the ``authorization``
+user property (``Bearer <JWT>``, as in HTTP) or an API key in ``x-api-key``, a Response Topic and usually Correlation Data; the reply (the task,
 or an error) goes to the Response Topic with the same Correlation Data and ``status`` and ``traceparent``
 user properties. The tenant in the topic must be the token's. The connection is re-established with
 exponential backoff whenever the broker goes away.
@@ -26,9 +26,21 @@ from opentelemetry.trace import SpanKind
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from services.common.errors import InvalidInputError, NotFoundError, OpenClawError, PermissionDeniedError
-from services.gateway.auth import TokenVerifier
-from services.gateway.commands import TASK_COMMANDS, error_body, run_task_command
+from services.common.errors import (
+    InvalidInputError,
+    NotFoundError,
+    OpenClawError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+)
+from services.gateway.access import Credentials, Gate
+from services.gateway.commands import (
+    COMMAND_ACTIONS,
+    TASK_COMMANDS,
+    command_resource,
+    error_body,
+    run_task_command,
+)
 from services.gateway.jsonbody import parse_json
 from services.gateway.metrics import MQTT_MESSAGES, REQUESTS
 from services.gateway.settings import GatewaySettings
@@ -38,6 +50,7 @@ _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("openclaw.gateway.mqtt")
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 AUTH_PROPERTY = "authorization"
+API_KEY_PROPERTY = "x-api-key"
 _TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
 _MAX_CONCURRENT = 64
 _BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.5, 30.0
@@ -46,14 +59,16 @@ _BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.5, 30.0
 class MqttIngress:
     """Consumes task commands from the broker and publishes their replies; start() returns once subscribed."""
 
-    def __init__(self, tasks: TaskService, verifier: TokenVerifier, settings: GatewaySettings) -> None:
+    def __init__(self, tasks: TaskService, gate: Gate, settings: GatewaySettings) -> None:
         url = urlsplit(settings.mqtt_url)
         self._host = url.hostname or "127.0.0.1"
         self._port = url.port or (8883 if url.scheme == "mqtts" else 1883)
         self._tls = url.scheme == "mqtts"
         self._username, self._password = url.username, url.password
         self._tasks = tasks
-        self._verifier = verifier
+        self._gate = gate
+        self._max_depth = settings.max_json_depth
+        self._max_bytes = settings.max_body_bytes
         self._prefix = settings.mqtt_topic_prefix
         self.subscription = f"$share/{settings.mqtt_share_group}/{self._prefix}/+/tasks/#"
         self._client_id = f"{settings.service}-{uuid.uuid4().hex[:12]}"
@@ -145,15 +160,31 @@ class MqttIngress:
             try:
                 tenant, command = self._route(message.topic.value)
                 span.update_name(f"mqtt {command}")
-                principal = self._verifier.authenticate(user.get(AUTH_PROPERTY))
+                creds = Credentials(user.get(AUTH_PROPERTY), user.get(API_KEY_PROPERTY))
+                principal = await self._gate.authenticate(creds)
                 if principal.tenant != tenant:
                     raise PermissionDeniedError(
                         "the tenant in the topic is not the token's tenant", field="topic"
                     )
-                doc = parse_json(bytes(message.payload) if message.payload else b"", field="payload")
+                payload = bytes(message.payload) if message.payload else b""
+                if len(payload) > self._max_bytes:
+                    raise PayloadTooLargeError(
+                        f"payload: over the {self._max_bytes}-byte limit", limit=self._max_bytes
+                    )
+                doc = parse_json(payload, field="payload", max_depth=self._max_depth)
                 if not isinstance(doc, dict):
                     raise InvalidInputError("payload: must be a JSON object", field="payload")
-                reply: dict[str, Any] = {"task": await run_task_command(self._tasks, tenant, command, doc)}
+                call = await self._gate.admit(
+                    principal,
+                    COMMAND_ACTIONS[command],
+                    protocol="mqtt",
+                    resource=command_resource(command, doc),
+                )
+                async with call:
+                    task = await run_task_command(self._tasks, tenant, command, doc, policy=call.policy)
+                    if command == "submit":
+                        call.resource = f"task:{task['id']}"
+                reply: dict[str, Any] = {"task": task}
                 status = "ok"
             except OpenClawError as exc:
                 reply, status = {"error": error_body(exc)}, "error"

@@ -28,23 +28,18 @@ from services.common.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from services.gateway.auth import AuthError, TokenVerifier
-from services.gateway.http_api import SSE_HEADERS, authenticate, read_json
+from services.gateway.access import Call, Gate
+from services.gateway.auth import AuthError
+from services.gateway.http_api import SSE_HEADERS, admit, finish_quietly, read_json
+from services.gateway.jsonbody import MAX_DEPTH
+from services.gateway.limits import Slot
 from services.gateway.openai_embeddings import embeddings_body, to_embed_request
-from services.gateway.openai_wire import OpenAIError, route_info
+from services.gateway.openai_wire import OpenAIError, route_info, to_chat_request
+from services.gateway.ratelimit import RateLimitedError
 
 SERVED_BY_HEADER = "x-openclaw-served-by"
 _DONE = b"data: [DONE]\n\n"
-# Fields this module maps itself; everything else is passed to the provider through ChatRequest.extra.
-_MAPPED = frozenset(
-    {"model", "messages", "temperature", "max_tokens", "max_completion_tokens", "top_p", "stop", "user", "n"}
-    | {"stream", "stream_options"}
-)
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_INT32 = 2**31 - 1
-# A protobuf decoder stops at 100 levels of message nesting and a Struct spends up to three per JSON object
-# level, so pass-through values are held to fewer levels than the body as a whole (jsonbody.MAX_DEPTH).
-_EXTRA_MAX_DEPTH = 32
 
 
 class ChatBackend(Protocol):
@@ -91,12 +86,13 @@ def translate_error(err: Exception, model: str = "") -> JSONResponse:
     if isinstance(err, ResourceExhaustedError | UnavailableError):
         retry_after = str(max(1, math.ceil(float(err.details.get("retry_after", 1)))))
         if isinstance(err, ResourceExhaustedError):
+            headers = err.decision.headers() if isinstance(err, RateLimitedError) else {}
             return openai_error(
                 429,
                 err.message,
                 kind="rate_limit_error",
                 code="rate_limit_exceeded",
-                headers={"Retry-After": retry_after},
+                headers={**headers, "Retry-After": retry_after},
             )
         return openai_error(
             503, err.message, code="service_unavailable", headers={"Retry-After": retry_after}
@@ -104,148 +100,6 @@ def translate_error(err: Exception, model: str = "") -> JSONResponse:
     if isinstance(err, OpenClawError):
         return openai_error(err.http_status, err.message, code=err.code)
     raise err
-
-
-def to_chat_request(body: Any, *, tenant: str, request_id: str) -> router_pb2.ChatRequest:
-    """Translate an OpenAI chat completion body; OpenAIError naming the parameter if it is malformed."""
-    if not isinstance(body, dict):
-        raise OpenAIError(400, "the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise OpenAIError(400, "'model' is required and must be a string", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise OpenAIError(400, "'messages' must be a non-empty array", param="messages")
-    n = body.get("n")
-    if n is not None and (isinstance(n, bool) or n != 1):
-        raise OpenAIError(400, "'n' must be 1: one choice per request is supported", param="n")
-    request = router_pb2.ChatRequest(
-        model=model,
-        messages=[_message(m, i) for i, m in enumerate(messages)],
-        tenant=tenant,
-        request_id=request_id,
-    )
-    for name, high in (("temperature", 2.0), ("top_p", 1.0)):
-        value = _number(body, name, high)
-        if value is not None:
-            setattr(request, name, value)
-    for name in ("max_tokens", "max_completion_tokens"):  # the newer name wins when both are given
-        max_tokens = body.get(name)
-        if max_tokens is not None:
-            if (
-                isinstance(max_tokens, bool)
-                or not isinstance(max_tokens, int)
-                or not 0 < max_tokens <= _INT32
-            ):
-                raise OpenAIError(400, f"'{name}' must be an integer from 1 to {_INT32}", param=name)
-            request.max_tokens = max_tokens
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        request.stop.append(stop)
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        request.stop.extend(stop)
-    elif stop is not None:
-        raise OpenAIError(400, "'stop' must be a string or an array of strings", param="stop")
-    request.user = _optional_str(body, "user", "user")
-    if not isinstance(body.get("stream", False), bool | None):
-        raise OpenAIError(400, "'stream' must be a boolean", param="stream")
-    if not isinstance(body.get("stream_options", {}), dict | None):
-        raise OpenAIError(400, "'stream_options' must be an object", param="stream_options")
-    extra = {k: v for k, v in body.items() if k not in _MAPPED}
-    if extra:
-        for key, value in extra.items():
-            problem = _struct_problem(value)
-            if problem is not None:
-                raise OpenAIError(400, f"'{key}' {problem}", param=key)
-        request.extra.update(extra)
-    return request
-
-
-def _number(body: dict[str, Any], name: str, high: float) -> float | None:
-    """A number in [0, high] (compared before float(), which a huge integer would overflow)."""
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= high:
-        raise OpenAIError(400, f"'{name}' must be a number from 0 to {high:g}", param=name)
-    return float(value)
-
-
-def _optional_str(raw: dict[str, Any], key: str, param: str) -> str:
-    value = raw.get(key)
-    if value is not None and not isinstance(value, str):
-        raise OpenAIError(400, f"'{param}' must be a string", param=param)
-    return value or ""
-
-
-def _struct_problem(value: Any) -> str | None:
-    """Why a protobuf Struct cannot carry value to the router, if it cannot (walked without recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict | list):
-            if depth >= _EXTRA_MAX_DEPTH:
-                return f"is nested too deeply (more than {_EXTRA_MAX_DEPTH} levels)"
-            children = node.values() if isinstance(node, dict) else node
-            stack.extend((child, depth + 1) for child in children)
-        elif isinstance(node, float) and not math.isfinite(node):
-            return "holds a number that is not finite"
-        elif isinstance(node, int) and not isinstance(node, bool):
-            try:
-                float(node)
-            except OverflowError:
-                return "holds an integer too large to pass on (beyond the range of a double)"
-    return None
-
-
-def _message(raw: Any, index: int) -> router_pb2.ChatMessage:
-    param = f"messages[{index}]"
-    if not isinstance(raw, dict):
-        raise OpenAIError(400, f"{param} must be an object", param=param)
-    role = raw.get("role")
-    if not isinstance(role, str) or not role:
-        raise OpenAIError(400, f"{param}.role is required and must be a string", param=f"{param}.role")
-    message = router_pb2.ChatMessage(
-        role=role,
-        content=_content(raw.get("content"), f"{param}.content"),
-        name=_optional_str(raw, "name", f"{param}.name"),
-        tool_call_id=_optional_str(raw, "tool_call_id", f"{param}.tool_call_id"),
-    )
-    calls = raw.get("tool_calls")
-    if calls is not None and not isinstance(calls, list):
-        raise OpenAIError(400, f"{param}.tool_calls must be an array", param=f"{param}.tool_calls")
-    for j, call in enumerate(calls or ()):
-        where = f"{param}.tool_calls[{j}]"
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise OpenAIError(400, f"{where} needs a function name", param=f"{param}.tool_calls")
-        arguments = function.get("arguments", "")
-        message.tool_calls.append(
-            router_pb2.ToolCall(
-                id=_optional_str(call, "id", f"{where}.id"),
-                type=_optional_str(call, "type", f"{where}.type") or "function",
-                name=function["name"],
-                arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
-            )
-        )
-    return message
-
-
-def _content(content: Any, param: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                raise OpenAIError(400, f"{param}: only text content parts are supported", param=param)
-            texts.append(part["text"])
-        return "\n".join(texts)
-    raise OpenAIError(400, f"{param} must be a string or an array of content parts", param=param)
 
 
 def _usage(usage: router_pb2.Usage) -> dict[str, int]:
@@ -300,12 +154,15 @@ def completion_body(response: router_pb2.ChatResponse, request_id: str) -> dict[
 
 
 class OpenAIRoutes:
-    """The OpenAI-compatible surface, authenticated with the same bearer JWT as the task API."""
+    """The OpenAI-compatible surface, authenticated and governed like the task API."""
 
-    def __init__(self, backend: ChatBackend, verifier: TokenVerifier, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, backend: ChatBackend, gate: Gate, *, max_body_bytes: int, max_json_depth: int = MAX_DEPTH
+    ) -> None:
         self._backend = backend
-        self._verifier = verifier
+        self._gate = gate
         self._limit = max_body_bytes
+        self._depth = max_json_depth
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -318,54 +175,90 @@ class OpenAIRoutes:
     async def chat_completions(self, request: Request) -> Response:
         model = ""
         try:
-            principal = authenticate(self._verifier, request)
-            body = await read_json(request, self._limit)
+            call = await admit(self._gate, request, "chat.completions")
+        except OpenClawError as exc:
+            return translate_error(exc)
+        try:
+            body = await read_json(request, self._limit, self._depth)
             request_id = f"chatcmpl-{uuid.uuid4().hex}"
-            chat = to_chat_request(body, tenant=principal.tenant, request_id=request_id)
+            chat = to_chat_request(body, tenant=call.principal.tenant, request_id=request_id)
             model = chat.model
+            call.resource = f"model:{model}"
+            describe_chat(call, chat, stream=body.get("stream") is True)
+            assert call.policy is not None
+            call.policy.check_model(model)
             if body.get("stream") is True:
                 options = body.get("stream_options") or {}
                 include_usage = isinstance(options, dict) and options.get("include_usage") is True
-                return _ChatStream(self._backend, chat, request_id, include_usage)
+                slot = await call.stream_slot()
+                return _ChatStream(self._backend, chat, request_id, include_usage, call, slot)
             response = await self._backend.chat(chat)
         except (OpenClawError, OpenAIError) as exc:
+            await call.finish(exc)
             return translate_error(exc, model)
-        headers = {SERVED_BY_HEADER: response.route.model or response.model}
+        except BaseException as exc:
+            await call.finish(exc)
+            raise
+        await call.finish()
+        headers = {SERVED_BY_HEADER: response.route.model or response.model, **call.headers()}
         return JSONResponse(completion_body(response, request_id), headers=headers)
 
     async def embeddings(self, request: Request) -> Response:
         model = ""
         try:
-            principal = authenticate(self._verifier, request)
-            body = await read_json(request, self._limit)
-            embed = to_embed_request(body, tenant=principal.tenant, request_id=f"emb-{uuid.uuid4().hex}")
+            call = await admit(self._gate, request, "embeddings")
+        except OpenClawError as exc:
+            return translate_error(exc)
+        try:
+            body = await read_json(request, self._limit, self._depth)
+            embed = to_embed_request(body, tenant=call.principal.tenant, request_id=f"emb-{uuid.uuid4().hex}")
             model = embed.model
+            call.resource = f"model:{model}"
+            call.details["inputs"] = len(embed.input)
+            assert call.policy is not None
+            call.policy.check_model(model)
             response = await self._backend.embed(embed)
         except (OpenClawError, OpenAIError) as exc:
+            await call.finish(exc)
             return translate_error(exc, model)
-        headers = {SERVED_BY_HEADER: response.route.model or response.model}
+        except BaseException as exc:
+            await call.finish(exc)
+            raise
+        await call.finish()
+        headers = {SERVED_BY_HEADER: response.route.model or response.model, **call.headers()}
         as_base64 = body.get("encoding_format") == "base64"
         return JSONResponse(embeddings_body(response, as_base64=as_base64), headers=headers)
 
     async def list_models(self, request: Request) -> Response:
         try:
-            authenticate(self._verifier, request)
-            table = await self._backend.list_models()
+            async with await admit(self._gate, request, "models.read") as call:
+                table = await self._backend.list_models()
         except OpenClawError as exc:
             return translate_error(exc)
-        return JSONResponse({"object": "list", "data": [_model(m) for m in table.models]})
+        assert call.policy is not None
+        models = [_model(m) for m in table.models if call.policy.allows_model(m.name)]
+        return JSONResponse({"object": "list", "data": models}, headers=call.headers())
 
     async def get_model(self, request: Request) -> Response:
         name = request.path_params["model"]
         try:
-            authenticate(self._verifier, request)
-            table = await self._backend.list_models()
+            async with await admit(self._gate, request, "models.read", f"model:{name}") as call:
+                table = await self._backend.list_models()
         except OpenClawError as exc:
             return translate_error(exc)
+        assert call.policy is not None
         for model in table.models:
-            if model.name == name:
-                return JSONResponse(_model(model))
+            if model.name == name and call.policy.allows_model(name):
+                return JSONResponse(_model(model), headers=call.headers())
         return translate_error(NotFoundError(f"model {name!r} not found"), name)
+
+
+def describe_chat(call: Call, chat: router_pb2.ChatRequest, *, stream: bool) -> None:
+    """What a chat call's audit record says: the model, and the messages only if the tenant's policy allows."""
+    call.details["model"] = chat.model
+    call.details["stream"] = stream
+    if call.policy is not None and call.policy.log_prompts:
+        call.details["messages"] = [{"role": m.role, "content": m.content} for m in chat.messages]
 
 
 def _model(model: router_pb2.Model) -> dict[str, Any]:
@@ -392,7 +285,13 @@ class _ChatStream(Response):
     """
 
     def __init__(
-        self, backend: ChatBackend, request: router_pb2.ChatRequest, request_id: str, include_usage: bool
+        self,
+        backend: ChatBackend,
+        request: router_pb2.ChatRequest,
+        request_id: str,
+        include_usage: bool,
+        call: Call,
+        slot: Slot,
     ) -> None:
         # Response's constructor is not called: this class writes its own status line and headers.
         self.status_code = 200
@@ -402,8 +301,21 @@ class _ChatStream(Response):
         self._id = request_id
         self._include_usage = include_usage
         self._created = int(time.time())
+        self._call = call
+        self._slot = slot
+        self._failure: OpenClawError | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error: BaseException | None = None
+        try:
+            await self._serve(scope, receive, send)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await finish_quietly(self._call, self._slot, error=error or self._failure)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = aiter(self._backend.chat_stream(self._request))
         try:
             try:
@@ -411,6 +323,7 @@ class _ChatStream(Response):
             except StopAsyncIteration:
                 first = None
             except OpenClawError as exc:
+                self._failure = exc
                 await translate_error(exc, self._request.model)(scope, receive, send)
                 return
             served_by = first.route.model if first is not None and first.route.model else self._request.model
@@ -422,6 +335,7 @@ class _ChatStream(Response):
                         (b"content-type", b"text/event-stream; charset=utf-8"),
                         *((k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()),
                         (SERVED_BY_HEADER.encode(), served_by.encode()),
+                        *((k.lower().encode(), v.encode()) for k, v in self._call.headers().items()),
                     ],
                 }
             )

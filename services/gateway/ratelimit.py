@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.common.errors import OpenClawError
+from services.common.errors import ResourceExhaustedError
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +86,15 @@ class Decision:
         return out
 
 
-class RateLimitedError(OpenClawError):
-    """Too many requests for this tenant or key; ``retry_after_s`` says when one will pass."""
+class RateLimitedError(ResourceExhaustedError):
+    """Too many requests for this tenant or key; ``retry_after`` (seconds) says when one will pass."""
 
     code = "rate_limited"
-    http_status = 429
-    retryable = True
 
     def __init__(self, decision: Decision, subject: str) -> None:
         super().__init__(
             f"rate limit exceeded for {subject}: retry in {max(1, math.ceil(decision.retry_after_s))} s",
-            retry_after_s=round(decision.retry_after_s, 3),
+            retry_after=max(1, math.ceil(decision.retry_after_s)),
         )
         self.decision = decision
 

@@ -30,6 +30,7 @@ from services.common.errors import (
 )
 from services.common.hop import Hop
 from services.common.taskstore import TERMINAL, TaskEventRecord, TaskRecord, TaskStore, check_task_id
+from services.common.tenants import TenantPolicy
 from services.common.waits import MAX_SIGNALS, SIGNAL_NAME, WaitStore
 from services.gateway.metrics import TASKS_SUBMITTED
 
@@ -69,12 +70,17 @@ class EnvelopePublisher(Protocol):
 class WorkflowCatalogue(Protocol):
     """What the executor accepts: checks a workflow document and resolves template names."""
 
-    def check_workflow(self, doc: dict[str, Any], inputs: dict[str, Any]) -> str:
-        """The workflow's name; InvalidInputError naming the problem's path if the executor would refuse it."""
+    def check_workflow(self, doc: dict[str, Any], inputs: dict[str, Any]) -> tuple[str, frozenset[str]]:
+        """The workflow's name and every operation it may run (nested and called workflows included);
+        InvalidInputError naming the problem's path if the executor would refuse it."""
         ...
 
     def load_template(self, name: str) -> dict[str, Any]:
         """The workflow document of a template; NotFoundError if there is none by that name."""
+        ...
+
+    def check_template_inputs(self, name: str, inputs: dict[str, Any]) -> None:
+        """InvalidInputError naming each input (``inputs.<path>``) the template's parameter schema refuses."""
         ...
 
 
@@ -156,10 +162,16 @@ class TaskService:
         """Start draining: open watches and waits end at their next slice so the transport can finish."""
         self._closing.set()
 
-    async def submit(self, tenant: str, request: SubmitRequest) -> Submitted:
-        """Validate, store and publish a task; returns once RabbitMQ has confirmed the envelope."""
+    async def submit(
+        self, tenant: str, request: SubmitRequest, *, policy: TenantPolicy | None = None
+    ) -> Submitted:
+        """Validate, store and publish a task; returns once RabbitMQ has confirmed the envelope.
+
+        With a policy, every operation the workflow may run must be allowed (PermissionDeniedError naming
+        those that are not).
+        """
         try:
-            workflow_json, inputs_json, name = self._resolve(request)
+            workflow_json, inputs_json, name = self._resolve(request, policy)
         except OpenClawError:
             _rejected.inc()
             raise
@@ -321,7 +333,7 @@ class TaskService:
             )
         return await self._require(tenant, task_id)
 
-    def _resolve(self, request: SubmitRequest) -> tuple[str, str, str]:
+    def _resolve(self, request: SubmitRequest, policy: TenantPolicy | None) -> tuple[str, str, str]:
         """(workflow JSON, inputs JSON, name) of a valid request; raises naming what is wrong."""
         if (request.workflow is None) == (not request.template):
             raise InvalidInputError("give either 'workflow' or 'template', not both or neither")
@@ -335,11 +347,14 @@ class TaskService:
             raise InvalidInputError("the idempotency key must be 1-200 printable ASCII characters, no spaces")
         if request.template:
             doc = self._catalogue.load_template(request.template)
+            self._catalogue.check_template_inputs(request.template, request.inputs or {})
         elif isinstance(request.workflow, dict):
             doc = request.workflow
         else:
             raise InvalidInputError("workflow must be a JSON object", field="workflow")
-        name = self._catalogue.check_workflow(doc, request.inputs or {})
+        name, operations = self._catalogue.check_workflow(doc, request.inputs or {})
+        if policy is not None:
+            policy.check_operations(set(operations))
         inputs_json = json.dumps(request.inputs, separators=(",", ":")) if request.inputs is not None else ""
         return json.dumps(doc, separators=(",", ":")), inputs_json, name
 

@@ -31,12 +31,21 @@ from services.common.errors import (
     ResourceExhaustedError,
     UnauthenticatedError,
 )
-from services.gateway.auth import Principal, TokenVerifier
-from services.gateway.commands import TASK_COMMANDS, error_body, run_task_command, string_field
-from services.gateway.jsonbody import parse_json
+from services.gateway.access import Call, Credentials, Gate
+from services.gateway.auth import Principal
+from services.gateway.commands import (
+    COMMAND_ACTIONS,
+    TASK_COMMANDS,
+    command_resource,
+    error_body,
+    run_task_command,
+    string_field,
+)
+from services.gateway.jsonbody import MAX_DEPTH, parse_json
+from services.gateway.limits import Slot
 from services.gateway.metrics import REQUESTS, WEBSOCKET_CONNECTIONS
-from services.gateway.openai_api import ChatBackend, to_chat_request
-from services.gateway.openai_wire import OpenAIError, route_info
+from services.gateway.openai_api import ChatBackend, describe_chat
+from services.gateway.openai_wire import OpenAIError, route_info, to_chat_request
 from services.gateway.tasks import TaskService
 
 _log = logging.getLogger(__name__)
@@ -56,17 +65,16 @@ class WebSocketPolicy:
     max_in_flight: int = 32
     max_messages_per_second: float = 100.0
     heartbeat_s: float = 15.0
+    max_json_depth: int = MAX_DEPTH
 
 
 class WebSocketRoutes:
     """The /v1/ws endpoint over the task service and the router."""
 
-    def __init__(
-        self, tasks: TaskService, chat: ChatBackend, verifier: TokenVerifier, policy: WebSocketPolicy
-    ) -> None:
+    def __init__(self, tasks: TaskService, chat: ChatBackend, gate: Gate, policy: WebSocketPolicy) -> None:
         self.tasks = tasks
         self.chat = chat
-        self.verifier = verifier
+        self.gate = gate
         self.policy = policy
 
     def routes(self) -> list[BaseRoute]:
@@ -101,7 +109,22 @@ class _Connection:
         principal = await self._authenticate()
         if principal is None:
             return
-        await self._send({"type": "ready", "tenant": principal.tenant})
+        try:
+            policy = self._r.gate.policy(principal.tenant)
+            connection = await self._r.gate.slot(
+                "websockets", principal.tenant, policy.quotas.max_websocket_connections
+            )
+        except OpenClawError as exc:
+            await self._send({"type": "error", "id": None, "error": error_body(exc)})
+            await self._ws.close(POLICY_VIOLATION, exc.code)
+            return
+        try:
+            await self._send({"type": "ready", "tenant": principal.tenant})
+            await self._serve_frames(principal)
+        finally:
+            await connection.release()
+
+    async def _serve_frames(self, principal: Principal) -> None:
         try:
             while True:
                 raw = await self._receive()
@@ -117,22 +140,23 @@ class _Connection:
                 await asyncio.gather(*self._running.values(), return_exceptions=True)
 
     async def _authenticate(self) -> Principal | None:
-        """The Authorization header if sent, else a first ``auth`` frame within the auth timeout."""
+        """The Authorization or X-API-Key header if sent, else a first ``auth`` frame within the auth timeout."""
         header = self._ws.headers.get("authorization")
+        api_key = self._ws.headers.get("x-api-key")
         try:
-            if header is not None:
-                return self._r.verifier.authenticate(header)
+            if header is not None or api_key is not None:
+                return await self._r.gate.authenticate(Credentials(header, api_key))
             try:
                 raw = await asyncio.wait_for(self._receive(), self._r.policy.auth_timeout_s)
             except TimeoutError:
                 raise UnauthenticatedError("no auth frame within the auth timeout") from None
-            doc = parse_json(raw, field="frame")
+            doc = parse_json(raw, field="frame", max_depth=self._r.policy.max_json_depth)
             if not isinstance(doc, dict) or doc.get("type") != "auth":
                 raise UnauthenticatedError('the first frame must be {"type": "auth", "token": "<JWT>"}')
             token = doc.get("token")
             if not isinstance(token, str) or not token:
-                raise UnauthenticatedError("token: required, the JWT as a string")
-            return self._r.verifier.authenticate(f"Bearer {token}")
+                raise UnauthenticatedError("token: required, the JWT or API key as a string")
+            return await self._r.gate.authenticate(Credentials(f"Bearer {token}"))
         except OpenClawError as exc:
             err = exc if isinstance(exc, UnauthenticatedError) else UnauthenticatedError(exc.message)
             await self._send({"type": "error", "id": None, "error": error_body(err)})
@@ -164,7 +188,7 @@ class _Connection:
     def _dispatch(self, principal: Principal, raw: str | bytes) -> None:
         request_id: str | None = None
         try:
-            doc = parse_json(raw, field="frame")
+            doc = parse_json(raw, field="frame", max_depth=self._r.policy.max_json_depth)
             if not isinstance(doc, dict):
                 raise InvalidInputError("frame: must be a JSON object with a type", field="frame")
             raw_id = doc.get("id")
@@ -213,20 +237,28 @@ class _Connection:
 
     async def _serve_traced(self, principal: Principal, rid: str, kind: str, doc: dict[str, Any]) -> None:
         try:
-            if kind in TASK_COMMANDS:
-                task = await run_task_command(self._r.tasks, principal.tenant, kind, doc)
-                await self._send({"type": "task", "id": rid, "task": task})
-            elif kind == "watch":
-                await self._watch(principal, rid, doc)
-            else:
-                await self._chat_stream(principal, rid, doc)
+            action = COMMAND_ACTIONS.get(kind) or ("tasks.watch" if kind == "watch" else "chat.completions")
+            resource = command_resource(kind if kind != "watch" else "get", doc)
+            call = await self._r.gate.admit(principal, action, protocol="websocket", resource=resource)
+            async with call:
+                if kind in TASK_COMMANDS:
+                    task = await run_task_command(
+                        self._r.tasks, principal.tenant, kind, doc, policy=call.policy
+                    )
+                    if kind == "submit":
+                        call.resource = f"task:{task['id']}"
+                    await self._send({"type": "task", "id": rid, "task": task})
+                elif kind == "watch":
+                    await self._watch(call, rid, doc)
+                else:
+                    await self._chat_stream(call, rid, doc)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await self._send({"type": "end", "id": rid, "reason": "stopped"})
             raise
         except OpenClawError as exc:
             await self._send({"type": "error", "id": rid, "error": error_body(exc)})
-        except OpenAIError as exc:
+        except OpenAIError as exc:  # audited as the call's outcome already
             body = {"code": "invalid_input", "message": exc.message, "retryable": False}
             if exc.param:
                 body["details"] = {"param": exc.param}
@@ -239,25 +271,41 @@ class _Connection:
             with contextlib.suppress(Exception):
                 await self._send({"type": "error", "id": rid, "error": body})
 
-    async def _watch(self, principal: Principal, rid: str, doc: dict[str, Any]) -> None:
+    async def _watch(self, call: Call, rid: str, doc: dict[str, Any]) -> None:
         task_id = string_field(doc, "task_id")
         after = string_field(doc, "after", required=False)
-        stream = await self._r.tasks.watch(
-            principal.tenant, task_id, after=after, heartbeat_s=self._r.policy.heartbeat_s
-        )
+        slot = await call.stream_slot()
         try:
-            async for event in stream:
-                if event is not None:
-                    await self._send({"type": "event", "id": rid, "event": event.to_api()})
+            stream = await self._r.tasks.watch(
+                call.principal.tenant, task_id, after=after, heartbeat_s=self._r.policy.heartbeat_s
+            )
+            try:
+                async for event in stream:
+                    if event is not None:
+                        await self._send({"type": "event", "id": rid, "event": event.to_api()})
+            finally:
+                await stream.aclose()
         finally:
-            await stream.aclose()
+            await _release(slot)
         await self._send({"type": "end", "id": rid})
 
-    async def _chat_stream(self, principal: Principal, rid: str, doc: dict[str, Any]) -> None:
+    async def _chat_stream(self, call: Call, rid: str, doc: dict[str, Any]) -> None:
         body = doc.get("request")
         if not isinstance(body, dict):
             raise InvalidInputError("request: required, an OpenAI chat completion body", field="request")
-        request = to_chat_request(body, tenant=principal.tenant, request_id=f"chatcmpl-{uuid.uuid4().hex}")
+        tenant = call.principal.tenant
+        request = to_chat_request(body, tenant=tenant, request_id=f"chatcmpl-{uuid.uuid4().hex}")
+        call.resource = f"model:{request.model}"
+        describe_chat(call, request, stream=True)
+        assert call.policy is not None
+        call.policy.check_model(request.model)
+        slot = await call.stream_slot()
+        try:
+            await self._relay_chat(rid, request)
+        finally:
+            await _release(slot)
+
+    async def _relay_chat(self, rid: str, request: router_pb2.ChatRequest) -> None:
         stream = aiter(self._r.chat.chat_stream(request))
         model, finish, usage, route = request.model, "", None, None
         try:
@@ -291,6 +339,11 @@ class _Connection:
             return
         async with self._send_lock:
             await self._ws.send_text(_encode(frame))
+
+
+async def _release(slot: Slot) -> None:
+    """Release a stream slot even when the request is being cancelled (a ``stop`` frame)."""
+    await asyncio.shield(slot.release())
 
 
 def _usage(usage: router_pb2.Usage) -> dict[str, int]:
