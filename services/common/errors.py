@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 import grpc
+
+_DEFINED: dict[str, type[OpenClawError]] = {}
+_REMOTE: dict[str, type[OpenClawError]] = {}
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
 class OpenClawError(Exception):
@@ -14,6 +19,11 @@ class OpenClawError(Exception):
     http_status: ClassVar[int] = 500
     grpc_status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
     retryable: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:
+            _DEFINED.setdefault(cls.code, cls)  # any module's error class can be rebuilt from its wire form
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -170,12 +180,21 @@ _BY_GRPC: dict[grpc.StatusCode, type[OpenClawError]] = {
 def from_dict(data: dict[str, Any]) -> OpenClawError:
     """Rebuild an error from its wire form; an unknown code keeps the sender's verdict on retrying."""
     code = str(data.get("code", ""))
-    cls = _BY_CODE.get(code)
-    if cls is None:
-        cls = UnavailableError if data.get("retryable") else OpenClawError
+    cls = _BY_CODE.get(code) or _DEFINED.get(code) or _remote_class(code, bool(data.get("retryable")))
     err = OpenClawError.__new__(cls)
     OpenClawError.__init__(err, str(data.get("message", "")), **dict(data.get("details") or {}))
     return err
+
+
+def _remote_class(code: str, retryable: bool) -> type[OpenClawError]:
+    """A class for a code this process does not know, keeping the code and the sender's verdict on retrying."""
+    base: type[OpenClawError] = UnavailableError if retryable else OpenClawError
+    if not _CODE.match(code):
+        return base
+    key = f"{code}:{retryable}"
+    if key not in _REMOTE and len(_REMOTE) < 256:
+        _REMOTE[key] = type(f"RemoteError_{code}", (base,), {"code": code})
+    return _REMOTE.get(key, base)
 
 
 def from_grpc(code: grpc.StatusCode, message: str) -> OpenClawError:
