@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+import json
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.encryption import MasterKeys
 
 # Public on purpose: only for development. Without OPENCLAW_AUDIT_KEY anyone with Redis access could forge records.
 DEV_AUDIT_KEY = "openclaw-development-audit-key-not-for-production"
@@ -12,7 +16,10 @@ DEV_AUDIT_KEY = "openclaw-development-audit-key-not-for-production"
 class CommonSettings(BaseSettings):
     """Read once at start-up from OPENCLAW_* environment variables; a bad value stops start-up."""
 
-    model_config = SettingsConfigDict(env_prefix="OPENCLAW_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a bad value of a secret (a master key, say) must not be echoed into logs.
+    model_config = SettingsConfigDict(
+        env_prefix="OPENCLAW_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     namespace: str = Field(default="openclaw", pattern=r"^[a-z][a-z0-9_.-]{0,40}$")
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
@@ -25,7 +32,41 @@ class CommonSettings(BaseSettings):
     plugins: dict[str, list[str]] = Field(default_factory=dict)
     # HMAC key of the audit chains (at least 32 bytes); shared by every service that writes or verifies them.
     audit_key: SecretStr = SecretStr("")
+    # Encryption at rest of task data: master keys as JSON {id: base64 of 32 bytes} and the id that wraps new
+    # data keys. Off when unset: there is no development default, a public key would only pretend to protect.
+    master_keys: SecretStr = SecretStr("")
+    master_key_id: str = ""
 
     def audit_key_bytes(self) -> bytes:
         """The audit chains' HMAC key (the development key when none is configured)."""
         return (self.audit_key.get_secret_value() or DEV_AUDIT_KEY).encode()
+
+    def master_key_set(self) -> MasterKeys | None:
+        """The configured master keys, or None when encryption at rest is off."""
+        raw = self.master_keys.get_secret_value()
+        if not raw:
+            return None
+        return MasterKeys(json.loads(raw), self.master_key_id)
+
+    @model_validator(mode="after")
+    def _master_keys_valid(self) -> CommonSettings:
+        raw = self.master_keys.get_secret_value()
+        if not raw:
+            if self.master_key_id:
+                raise ValueError("OPENCLAW_MASTER_KEY_ID is set but OPENCLAW_MASTER_KEYS is not")
+            return self
+        try:
+            keys = json.loads(raw)
+        except ValueError:
+            raise ValueError("OPENCLAW_MASTER_KEYS: not JSON (expected {id: base64 of 32 bytes})") from None
+        if not isinstance(keys, dict) or not keys or not all(isinstance(v, str) for v in keys.values()):
+            raise ValueError("OPENCLAW_MASTER_KEYS: expected a JSON object {id: base64 of 32 bytes}")
+        if not self.master_key_id:
+            raise ValueError(
+                "OPENCLAW_MASTER_KEY_ID: required with OPENCLAW_MASTER_KEYS (the key for new data)"
+            )
+        try:
+            MasterKeys(keys, self.master_key_id)
+        except ValueError as exc:
+            raise ValueError(f"OPENCLAW_MASTER_KEYS: {exc}") from None
+        return self

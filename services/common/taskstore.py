@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
+from services.common.encryption import DecryptionError
 from services.common.envelope import now_ms
-from services.common.errors import InvalidInputError, OpenClawError, UnavailableError
+from services.common.errors import InvalidInputError, UnavailableError
 
 if TYPE_CHECKING:
     from services.common.encryption import Sealer
@@ -340,7 +341,7 @@ class TaskStore:
         if not value.startswith(SEALED_PREFIX):
             return value
         if self._sealer is None:
-            raise OpenClawError(
+            raise DecryptionError(
                 f"{where}: encrypted, but this process has no master keys (OPENCLAW_MASTER_KEYS)"
             )
         return await self._sealer.open_text(tenant, value, where)

@@ -174,6 +174,7 @@ class _Agent:
             messages=[_pb_message(m) for m in messages],
             tenant=state.tenant,
             request_id=f"{state.task_id}:{self.keyed.id}/turn{turn}:{state.attempt}",
+            priority="agent",
         )
         if spec.temperature is not None:
             request.temperature = spec.temperature
@@ -264,10 +265,6 @@ class _Agent:
         if not isinstance(arguments, dict):
             raise InvalidInputError("arguments: must be a JSON object")
         record["arguments"] = arguments
-        try:
-            params = op.params.model_validate(arguments)
-        except ValidationError as exc:
-            raise InvalidInputError("; ".join(_problem("arguments", e) for e in exc.errors())) from None
         ctx = OpContext(
             tenant=self.state.tenant,
             task_id=self.state.task_id,
@@ -276,9 +273,31 @@ class _Agent:
             attempt=self.state.attempt,
             workflow_name=self.state.workflow.name,
         )
+
+        async def invoke() -> Any:
+            try:
+                params = op.params.model_validate(arguments)
+            except ValidationError as exc:
+                raise InvalidInputError("; ".join(_problem("arguments", e) for e in exc.errors())) from None
+            return await op.run(params, ctx)
+
+        governance = self.runner.engine.governance
         try:
             async with asyncio.timeout_at(_loop_time(deadline)) as budget:
-                output = await op.run(params, ctx)
+                if governance is None:
+                    output = await invoke()
+                else:  # the tenant's policy applies to tools as to steps: refused, network-confined, audited
+                    output = await governance.run_op(
+                        op_name,
+                        invoke,
+                        tenant=ctx.tenant,
+                        task_id=ctx.task_id,
+                        step_id=ctx.step_id,
+                        attempt=ctx.attempt,
+                        actor=self.runner.actor,
+                        via="agent",
+                        params=arguments,
+                    )
             return json.loads(json.dumps(output, ensure_ascii=False, allow_nan=False))
         except TimeoutError:
             if budget.expired():

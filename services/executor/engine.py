@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
@@ -33,8 +33,11 @@ from services.executor.expressions import ExpressionError
 from services.executor.failures import StepFailed, WorkflowCancelled, WorkflowParked
 from services.executor.flow import Flow
 from services.executor.model import Step, Workflow
-from services.executor.ops.base import Catalogue
+from services.executor.ops.base import Catalogue, Operation
 from services.executor.params import params_error
+
+if TYPE_CHECKING:
+    from services.executor.governance import Governance
 
 __all__ = [
     "Engine",
@@ -101,19 +104,27 @@ class Engine:
     """Runs workflows with the given operations and services."""
 
     def __init__(
-        self, catalogue: Catalogue, services: OpServices, *, max_output_bytes: int = 1 << 20
+        self,
+        catalogue: Catalogue,
+        services: OpServices,
+        *,
+        max_output_bytes: int = 1 << 20,
+        governance: Governance | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.services = services
         self.max_output_bytes = max_output_bytes
+        # Tenant policy and audit of every operation (None: neither, as in engine-only tests).
+        self.governance = governance
         self._step_seconds: dict[str, Histogram] = {}
 
-    async def run(self, workflow: Workflow, state: RunState, journal: Journal) -> Any:
-        """Run every step not already completed, then return the workflow's output.
+    async def run(self, workflow: Workflow, state: RunState, journal: Journal, *, actor: str = "") -> Any:
+        """Run every step not already completed, then return the workflow's output; ``actor`` (who submitted
+        the task) is named in audit records.
 
         Raises StepFailed or WorkflowCancelled; anything else is a bug or an infrastructure error.
         """
-        run = Run(self, journal, await journal.completed_steps())
+        run = Run(self, journal, await journal.completed_steps(), actor=actor)
         last = await run.sequence(workflow.steps, state)
         return run.outputs(workflow, state, last)
 
@@ -139,10 +150,11 @@ class Engine:
 class Run:
     """One delivery's run of a task: what is already done, and how each step is run and recorded."""
 
-    def __init__(self, engine: Engine, journal: Journal, done: dict[str, Any]) -> None:
+    def __init__(self, engine: Engine, journal: Journal, done: dict[str, Any], *, actor: str = "") -> None:
         self.engine = engine
         self.journal = journal
         self.done = done
+        self.actor = actor
         self.flow = Flow(self)
         records_outcomes, holds_waits = _abilities(type(journal))
         self._outcomes = cast(OutcomeJournal, journal) if records_outcomes else None
@@ -268,7 +280,34 @@ class Run:
         op = self.engine.catalogue.get(step.type)
         if op is None:
             raise InvalidInputError(f"{step.path}.type: unknown step type {step.type!r}")
+        governance = self.engine.governance
+        if governance is None:
+            return await self.run_op(op, step, keyed, state, scope, {})
+        resolved: dict[str, Any] = {}
+        return await governance.run_op(
+            step.type,
+            lambda: self.run_op(op, step, keyed, state, scope, resolved),
+            tenant=state.tenant,
+            task_id=state.task_id,
+            step_id=keyed.id,
+            attempt=state.attempt,
+            actor=self.actor,
+            params=resolved,
+        )
+
+    async def run_op(
+        self,
+        op: Operation[Any],
+        step: Step,
+        keyed: Step,
+        state: RunState,
+        scope: dict[str, Any],
+        resolved: dict[str, Any],
+    ) -> Any:
+        """The operation's checked output; ``resolved`` receives its resolved params (for the audit record)."""
         raw = self.resolve(keyed, step.params, scope, "params")
+        if isinstance(raw, dict):
+            resolved.update(raw)
         try:
             params = op.params.model_validate(raw)
         except ValidationError as exc:

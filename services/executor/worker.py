@@ -38,12 +38,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from openclaw.v1 import tasks_pb2
 from services.common import envelope, telemetry
+from services.common.encryption import DecryptionError
 from services.common.envelope import ERROR_HEADER, TENANT_HEADER, now_ms
 from services.common.errors import (
     BreakerOpenError,
     InvalidInputError,
     NotFoundError,
     OpenClawError,
+    PermissionDeniedError,
     UnavailableError,
 )
 from services.common.hop import Hop
@@ -55,6 +57,7 @@ from services.executor import metrics
 from services.executor.context import RunState
 from services.executor.dsl import Workflow, parse_workflow
 from services.executor.engine import Engine, StepFailed, WorkflowCancelled, WorkflowParked
+from services.executor.governance import Governance
 from services.executor.journal import RedisCalls, TaskJournal, step_started_data
 from services.executor.templates import load_template
 from services.executor.waker import Waker
@@ -114,12 +117,14 @@ class Worker:
         redis_hop: Hop | None = None,
         lease_seconds: float = 30.0,
         wake_interval_s: float = 1.0,
+        governance: Governance | None = None,
     ) -> None:
         self._connection = connection
         self._topology = topology
         self._store = store
         self._publisher = publisher
         self._engine = engine
+        self._governance = governance
         self._prefetch = prefetch
         self._max_attempts = max_attempts
         self._drain_seconds = drain_seconds
@@ -316,6 +321,7 @@ class Worker:
         # What would end the task without running it is found before the claim (no I/O), and the claim
         # decides: a missing, ended or cancelled task is dealt with first, as it always was.
         refusal: dict[str, Any] | None = None
+        denied: PermissionDeniedError | None = None
         workflow: Workflow | None = None
         inputs: dict[str, Any] = {}
         if env.deadline_unix_ms and now_ms() > env.deadline_unix_ms:
@@ -327,9 +333,16 @@ class Worker:
             }
         else:
             try:
-                workflow = self._workflow(env)
-                inputs = workflow.bind_inputs(_inputs(env))
-            except (InvalidInputError, NotFoundError) as exc:
+                # Sealed at rest in RabbitMQ when master keys are configured; env itself stays sealed, so
+                # every copy this worker publishes (retry, put back, dead letter, parked) stays sealed too.
+                workflow_json, inputs_json = await envelope.opened(env, self._store.sealer)
+                workflow = self._workflow(env, workflow_json)
+                inputs = workflow.bind_inputs(_inputs(inputs_json))
+                if self._governance is not None:  # the policy may have changed since the gateway checked
+                    self._governance.check_workflow(tenant, workflow)
+            except PermissionDeniedError as exc:
+                refusal, denied = exc.to_dict(), exc
+            except (InvalidInputError, NotFoundError, DecryptionError) as exc:
                 refusal = exc.to_dict()
 
         if (tenant, task_id) in self._running:  # a redelivery while this worker still runs the task
@@ -363,6 +376,8 @@ class Worker:
             )
             return Disposition.ACK
         if refusal is not None or workflow is None:
+            if denied is not None and self._governance is not None:
+                await self._governance.refused(tenant, task_id, env.submitted_by, denied)
             await self._end(env, "failed", "task.failed", error=refusal)
             return Disposition.ACK
 
@@ -430,7 +445,7 @@ class Worker:
             waits=self._waits,
         )
         try:
-            result = await self._engine.run(workflow, state, journal)
+            result = await self._engine.run(workflow, state, journal, actor=env.submitted_by)
         except WorkflowParked as exc:
             await self._park(env, exc)
         except WorkflowCancelled as exc:
@@ -473,9 +488,9 @@ class Worker:
         )
         log.info("task waiting", extra={"task_id": env.task_id, "tenant": env.tenant, **data})
 
-    def _workflow(self, env: tasks_pb2.TaskEnvelope) -> Workflow:
-        if env.workflow_json:
-            return self._parse_json(env.workflow_json)
+    def _workflow(self, env: tasks_pb2.TaskEnvelope, workflow_json: str) -> Workflow:
+        if workflow_json:
+            return self._parse_json(workflow_json)
         if env.template:
             return parse_workflow(load_template(env.template), known_ops=self._engine.catalogue)
         raise InvalidInputError("the envelope has neither a workflow nor a template")
@@ -647,11 +662,11 @@ def _first_step(workflow: Workflow, attempt: int) -> tuple[str, Any] | None:
     return None if first.when is not None else (first.id, step_started_data(first, attempt))
 
 
-def _inputs(env: tasks_pb2.TaskEnvelope) -> dict[str, Any]:
-    if not env.inputs_json:
+def _inputs(inputs_json: str) -> dict[str, Any]:
+    if not inputs_json:
         return {}
     try:
-        value = json.loads(env.inputs_json)
+        value = json.loads(inputs_json)
     except ValueError as exc:
         raise InvalidInputError(f"inputs: not valid JSON: {exc}") from exc
     if not isinstance(value, dict):

@@ -7,6 +7,12 @@ to (no DNS-rebinding gap), and each redirect is checked again. IPv6 addresses th
 address (mapped, compatible, NAT64, 6to4) are judged by that IPv4 address; Teredo, site-local and
 local-use NAT64 addresses are refused outright.
 
+Tenant network policy: inside ``tenant_network(policy)`` (the executor's governance wraps every operation in
+it) the tenant's NetworkPolicy applies on top: private ranges only if the tenant lists them (or the executor
+allows private networks), and only ``allowed_hosts`` when it names some; checked at the same places, redirects
+included. Each distinct policy gets its own connection pool and DNS cache, so a connection or a cached address
+one tenant may use is never handed to another tenant's request.
+
 Credentials: headers from a credential set, and any Authorization, Proxy-Authorization or Cookie header,
 are sent to the first URL's origin only; a redirect to another scheme, host or port drops them.
 """
@@ -15,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fnmatch
 import functools
 import ipaddress
 import json
 import socket
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import Any, Literal, TypeVar
 
 import aiohttp
@@ -44,6 +52,7 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.common.hop import Hop
+from services.common.tenants import NetworkPolicy
 from services.executor.context import OpContext
 from services.executor.expressions import OPEN
 from services.executor.ops.base import Params, operation, scoped_credential
@@ -63,6 +72,19 @@ _TEXTUAL = (
     "+xml",
 )
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_UNRESTRICTED = NetworkPolicy()
+# The network policy of the tenant whose operation is running (None: the executor's SSRF guard alone).
+_NETWORK: ContextVar[NetworkPolicy | None] = ContextVar("openclaw_tenant_network", default=None)
+
+
+@contextmanager
+def tenant_network(policy: NetworkPolicy | None) -> Iterator[None]:
+    """HTTP calls made inside the block (and tasks it starts) honour this tenant network policy."""
+    token = _NETWORK.set(None if policy is None or policy == _UNRESTRICTED else policy)
+    try:
+        yield
+    finally:
+        _NETWORK.reset(token)
 
 
 class BlockedAddressError(OSError):
@@ -109,14 +131,26 @@ def _literal_ip(host: str) -> IPAddress | None:
         return None
 
 
-def check_url(url: URL, *, allow_private_network: bool) -> None:
-    """Refuse non-HTTP schemes and literal non-public addresses before any connection is made."""
+def check_url(url: URL, *, allow_private_network: bool, network: NetworkPolicy | None = None) -> None:
+    """Refuse non-HTTP schemes and literal addresses the guard (and the tenant's ``network``) refuse before any
+    connection is made."""
     if url.scheme not in ("http", "https"):
         raise InvalidInputError(f"url: only http and https are supported, not {url.scheme or 'none'!r}")
     if not url.host:
         raise InvalidInputError(f"url: {url} has no host")
     ip = _literal_ip(url.host)
-    if ip is not None and not allow_private_network and not is_public(ip):
+    if ip is None:
+        if network is not None and network.allowed_hosts and not _may_match(network, url.host):
+            raise PermissionDeniedError(
+                f"url: {url.host} is not among this tenant's allowed hosts", host=url.host
+            )
+        return
+    if network is not None:
+        if not network.allows(url.host, str(ip), public=allow_private_network or is_public(ip)):
+            raise PermissionDeniedError(
+                f"url: {url.host} is not allowed by this tenant's network policy", host=url.host
+            )
+    elif not allow_private_network and not is_public(ip):
         raise PermissionDeniedError(
             f"url: {url.host} is a loopback, private or link-local address; this executor does not "
             "allow private network targets",
@@ -124,21 +158,43 @@ def check_url(url: URL, *, allow_private_network: bool) -> None:
         )
 
 
-class _GuardedResolver(ThreadedResolver):
-    """Resolves names, then keeps only addresses the policy allows."""
+def _may_match(network: NetworkPolicy, host: str) -> bool:
+    """Whether a host name can pass ``allowed_hosts`` (a CIDR entry is judged on the resolved address)."""
+    name = host.lower().rstrip(".")
+    return any("/" in p or fnmatch.fnmatchcase(name, p.lower()) for p in network.allowed_hosts)
 
-    def __init__(self, allow_private_network: bool) -> None:
+
+class _GuardedResolver(ThreadedResolver):
+    """Resolves names, then keeps only addresses the guard and the tenant's network policy allow."""
+
+    def __init__(self, allow_private_network: bool, network: NetworkPolicy | None = None) -> None:
         super().__init__()
         self._allow = allow_private_network
+        self._network = network
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await super().resolve(host, port, family)
-        if self._allow:
+        network = self._network
+        if network is None and self._allow:
             return results
-        allowed = [r for r in results if (ip := _literal_ip(str(r["host"]))) is not None and is_public(ip)]
+        allowed = []
+        for result in results:
+            ip = _literal_ip(str(result["host"]))
+            if ip is None:
+                continue
+            if network is None:
+                ok = is_public(ip)
+            else:
+                ok = network.allows(host, str(ip), public=self._allow or is_public(ip))
+            if ok:
+                allowed.append(result)
         if not allowed:
+            if network is not None:
+                raise BlockedAddressError(
+                    f"{host} resolves to no address this tenant's network policy allows"
+                )
             raise BlockedAddressError(
                 f"{host} resolves to loopback, private or link-local addresses only; this executor does "
                 "not allow private network targets"
@@ -189,7 +245,9 @@ class HttpClient:
         self.max_redirects = max_redirects
         self.s3_max_threads = s3_max_threads
         self._max_hosts = max_hosts
-        self._session: aiohttp.ClientSession | None = None
+        # One session per tenant network policy in use (None: the guard alone), each with its own pool and DNS
+        # cache: a connection or cached address checked for one policy is never reused under another.
+        self._sessions: dict[NetworkPolicy | None, aiohttp.ClientSession] = {}
         # boto3 blocks for a whole transfer; its own bounded pool keeps the loop's default executor
         # (DNS lookups, file operations) free however many S3 downloads run.
         self._s3_pool: ThreadPoolExecutor | None = None
@@ -202,12 +260,13 @@ class HttpClient:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+    def _client(self, network: NetworkPolicy | None = None) -> aiohttp.ClientSession:
+        session = self._sessions.get(network)
+        if session is None or session.closed:
             connector = aiohttp.TCPConnector(
-                resolver=_GuardedResolver(self.allow_private_network), limit=200, ttl_dns_cache=30
+                resolver=_GuardedResolver(self.allow_private_network, network), limit=200, ttl_dns_cache=30
             )
-            self._session = aiohttp.ClientSession(
+            session = self._sessions[network] = aiohttp.ClientSession(
                 connector=connector,
                 headers={"User-Agent": "openclaw-executor"},
                 auto_decompress=True,
@@ -215,7 +274,7 @@ class HttpClient:
                 # One session serves every tenant: a cookie one tenant received must never ride along with another's.
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
-        return self._session
+        return session
 
     async def run_s3(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking S3 call in the client's S3 thread pool (at most s3_max_threads at once)."""
@@ -256,7 +315,8 @@ class HttpClient:
         ``credential_headers`` (and identity headers in ``headers``) go to the first URL's origin only.
         """
         current = URL(url)
-        check_url(current, allow_private_network=self.allow_private_network)
+        network = _NETWORK.get()
+        check_url(current, allow_private_network=self.allow_private_network, network=network)
         assert current.host is not None
         origin = _origin(current)
         from_credential = {k.lower() for k in credential_headers or {}}
@@ -273,10 +333,10 @@ class HttpClient:
             try:
                 response = None
                 for hop_no in range(self.max_redirects + 1):
-                    check_url(current, allow_private_network=self.allow_private_network)
+                    check_url(current, allow_private_network=self.allow_private_network, network=network)
                     if _origin(current) != origin:  # once the chain leaves the origin, for good
                         sent = {k: v for k, v in sent.items() if k.lower() not in private}
-                    response = await self._client().request(
+                    response = await self._client(network).request(
                         method,
                         current,
                         headers=sent,
@@ -328,9 +388,9 @@ class HttpClient:
         return bytes(buf)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
         if self._s3_pool is not None:
             # Transfers still running finish on their own threads; nothing new is started.
             self._s3_pool.shutdown(wait=False, cancel_futures=True)
