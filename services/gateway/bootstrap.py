@@ -24,6 +24,8 @@ from starlette.types import ASGIApp
 from openclaw.v1 import gateway_pb2_grpc
 from services.common import rpc
 from services.common.audit import AuditLog
+from services.common.encryption import Keyring, Sealer
+from services.common.envelope import SealingPublisher
 from services.common.publisher import TaskPublisher
 from services.common.redis_client import open_redis
 from services.common.router_client import RouterClient
@@ -182,9 +184,15 @@ class GatewayApp:
             self._publisher = self._task_publisher = TaskPublisher(
                 self._amqp, self._topology, timeout_s=settings.publish_timeout_seconds
             )
+        # Encryption at rest (when master keys are configured): the task store and the envelopes seal task data.
+        master = settings.master_key_set()
+        sealer = Sealer(Keyring(self._redis, settings.namespace, master)) if master else None
+        publisher: EnvelopePublisher = (
+            SealingPublisher(self._publisher, sealer) if sealer else self._publisher
+        )
         self._tasks = TaskService(
-            TaskStore(self._redis, settings.namespace),
-            self._publisher,
+            TaskStore(self._redis, settings.namespace, sealer=sealer),
+            publisher,
             self._catalogue,
             max_attempts=settings.task_max_attempts,
             publish_timeout_s=settings.publish_timeout_seconds,

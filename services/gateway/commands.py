@@ -50,6 +50,7 @@ async def run_task_command(
     doc: dict[str, Any],
     *,
     policy: TenantPolicy | None = None,
+    submitted_by: str = "",
 ) -> dict[str, Any]:
     """Run one task command for the tenant (a submit checked against its policy); returns the task body."""
     if command == "submit":
@@ -58,7 +59,7 @@ async def run_task_command(
             raise InvalidInputError("task: required, an object like the body of POST /v1/tasks", field="task")
         key = string_field(doc, "idempotency_key", required=False)
         request = SubmitRequest.from_document(task, idempotency_key=key)
-        submitted = await tasks.submit(tenant, request, policy=policy)
+        submitted = await tasks.submit(tenant, request, policy=policy, submitted_by=submitted_by)
         return task_body(submitted.task)
     task_id = string_field(doc, "task_id")
     if command == "get":

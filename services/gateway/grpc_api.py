@@ -48,7 +48,9 @@ class TaskServicer(gateway_pb2_grpc.TaskServiceServicer):  # type: ignore[misc]
             try:
                 async with await self._admit(context, "tasks.submit") as call:
                     submit = _submit_request(request, self._depth)
-                    submitted = await self._tasks.submit(call.principal.tenant, submit, policy=call.policy)
+                    submitted = await self._tasks.submit(
+                        call.principal.tenant, submit, policy=call.policy, submitted_by=call.principal.subject
+                    )
                     call.resource = f"task:{submitted.task.id}"
                     return task_message(submitted.task)
             except OpenClawError as exc:

@@ -144,7 +144,9 @@ class TaskRoutes:
             doc = await read_json(request, self._limit, self._depth)
             key = request.headers.get("idempotency-key", "")
             submit = SubmitRequest.from_document(doc, idempotency_key=key)
-            result = await self._tasks.submit(call.principal.tenant, submit, policy=call.policy)
+            result = await self._tasks.submit(
+                call.principal.tenant, submit, policy=call.policy, submitted_by=call.principal.subject
+            )
             call.resource = f"task:{result.task.id}"
             headers = {"Location": f"/v1/tasks/{result.task.id}", **call.headers()}
             if not result.created:

@@ -181,7 +181,14 @@ class MqttIngress:
                     resource=command_resource(command, doc),
                 )
                 async with call:
-                    task = await run_task_command(self._tasks, tenant, command, doc, policy=call.policy)
+                    task = await run_task_command(
+                        self._tasks,
+                        tenant,
+                        command,
+                        doc,
+                        policy=call.policy,
+                        submitted_by=call.principal.subject,
+                    )
                     if command == "submit":
                         call.resource = f"task:{task['id']}"
                 reply: dict[str, Any] = {"task": task}

@@ -163,7 +163,12 @@ class TaskService:
         self._closing.set()
 
     async def submit(
-        self, tenant: str, request: SubmitRequest, *, policy: TenantPolicy | None = None
+        self,
+        tenant: str,
+        request: SubmitRequest,
+        *,
+        policy: TenantPolicy | None = None,
+        submitted_by: str = "",
     ) -> Submitted:
         """Validate, store and publish a task; returns once RabbitMQ has confirmed the envelope.
 
@@ -209,6 +214,7 @@ class TaskService:
             template=request.template,
             inputs_json=inputs_json,
             idempotency_key=request.idempotency_key,
+            submitted_by=submitted_by,  # who, for the executor's audit records
         )
         try:
             async with self._publish.guard("amqp.publish", **{"messaging.system": "rabbitmq"}):

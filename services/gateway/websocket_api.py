@@ -243,7 +243,12 @@ class _Connection:
             async with call:
                 if kind in TASK_COMMANDS:
                     task = await run_task_command(
-                        self._r.tasks, principal.tenant, kind, doc, policy=call.policy
+                        self._r.tasks,
+                        principal.tenant,
+                        kind,
+                        doc,
+                        policy=call.policy,
+                        submitted_by=principal.subject,
                     )
                     if kind == "submit":
                         call.resource = f"task:{task['id']}"
