@@ -32,10 +32,12 @@ from services.common.router_client import RouterClient
 from services.common.taskstore import TaskStore
 from services.common.tenants import TenantDirectory, load_file
 from services.common.topology import Topology
+from services.gateway import channels_config
 from services.gateway.access import Authenticator, Gate
 from services.gateway.admin_api import AdminRoutes
 from services.gateway.apikeys import ApiKeyStore
 from services.gateway.auth import TokenVerifier
+from services.gateway.chat_runtime import ChatRuntime
 from services.gateway.grpc_api import SERVICE_NAME, TaskServicer
 from services.gateway.http_api import ProbeRoutes, TaskRoutes, create_app
 from services.gateway.httpserver import CountProtocols, Http1Server, Http2Server, WebSocketLimits
@@ -142,6 +144,7 @@ class GatewayApp:
         self._mqtt: MqttIngress | None = None
         self.gate: Gate | None = None
         self.tenants: TenantDirectory | None = None
+        self._chat: ChatRuntime | None = None
         self.audit: AuditLog | None = None
         self.api_keys: ApiKeyStore | None = None
         self._slots: SlotPool | None = None
@@ -198,6 +201,14 @@ class GatewayApp:
             publish_timeout_s=settings.publish_timeout_seconds,
         )
         gate = self.gate = await self._start_governance(settings, self._redis, self._amqp)
+        self._chat = ChatRuntime(
+            channels_config.load(settings.channels_file),
+            redis=self._redis,
+            namespace=settings.namespace,
+            model=self._router,
+            tasks=self._tasks,
+            tenants=self.tenants,
+        )
         depth = settings.max_json_depth
         self._asgi = create_app(
             [
@@ -218,6 +229,7 @@ class GatewayApp:
                     max_body_bytes=settings.max_body_bytes,
                 ).routes(),
                 ProbeRoutes(self.readiness).routes(),
+                self._chat.routes(),
                 WebSocketRoutes(
                     self._tasks,
                     self._router,
@@ -237,6 +249,7 @@ class GatewayApp:
         if settings.mqtt_url:
             self._mqtt = MqttIngress(self._tasks, gate, settings)
             await self._mqtt.start()
+        await self._chat.start()
         self._started = True
         _log.info(
             "gateway serving",
@@ -405,6 +418,9 @@ class GatewayApp:
         if self._tasks is not None:
             self._tasks.close()
         await asyncio.gather(self._stop_http(), self._stop_grpc(grace), self._stop_mqtt())
+        if self._chat is not None:
+            await self._chat.stop()
+            self._chat = None
         await self._stop_governance()
         if self._task_publisher is not None:
             with contextlib.suppress(Exception):

@@ -8,7 +8,7 @@ retries a webhook not answered within 3 seconds (and dedupe makes those retries 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -35,8 +35,15 @@ CHANNEL_EVENTS = Counter(
 class ChannelRoutes:
     """The webhook endpoint of every configured channel, and the outbound API calls of their replies."""
 
-    def __init__(self, configs: Mapping[str, ChannelConfig], conversations: ConversationService) -> None:
+    def __init__(
+        self,
+        configs: Mapping[str, ChannelConfig],
+        conversations: ConversationService,
+        *,
+        allowed: Callable[[str, str], bool] | None = None,
+    ) -> None:
         self._conversations = conversations
+        self._allowed = allowed  # (tenant, channel name) -> whether the tenant's policy allows the channel
         self._session: aiohttp.ClientSession | None = None
         self._hops = {kind: Hop(f"gateway.channel.{kind}") for kind in KINDS}
         self.channels: dict[str, Channel] = {
@@ -84,6 +91,11 @@ class ChannelRoutes:
             CHANNEL_EVENTS.labels(channel.kind, "bad_signature").inc()
             log.warning("chat webhook refused", extra={"channel": channel.config.name, "reason": exc.message})
             return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=401)
+        if self._allowed is not None and not self._allowed(channel.config.tenant, channel.config.name):
+            CHANNEL_EVENTS.labels(channel.kind, "refused").inc()
+            return JSONResponse(
+                {"error": {"code": "permission_denied", "message": "channel not allowed"}}, 403
+            )
         try:
             inbound = channel.parse(body)
         except OpenClawError as exc:

@@ -106,6 +106,8 @@ class GatewaySettings(CommonSettings):
     ws_max_messages_per_second: float = Field(
         default=100.0, gt=0, validation_alias="OPENCLAW_GATEWAY_WS_MAX_MESSAGES_PER_SECOND"
     )
+    # Chat channels, the agents answering on them and schedules (services/gateway/channels_config.py); empty: none.
+    channels_file: Path | None = Field(default=None, validation_alias="OPENCLAW_GATEWAY_CHANNELS_FILE")
     # MQTT 5 ingress; an empty URL turns it off.
     mqtt_url: str = Field(
         default="", pattern=r"^(mqtts?://[^/\s]+)?$", validation_alias="OPENCLAW_GATEWAY_MQTT_URL"
