@@ -71,7 +71,13 @@ async def test_a_batch_flood_does_not_starve_interactive_requests(sim: Simulator
         async def flood() -> None:
             nonlocal flooded
             while not stop.is_set():
-                await stub.Chat(chat_request("fair", tenant="bob", priority="batch"), timeout=60)
+                try:
+                    await stub.Chat(chat_request("fair", tenant="bob", priority="batch"), timeout=60)
+                except grpc.aio.AioRpcError as exc:
+                    # On a loaded machine a batch request may outwait the queue timeout and be shed: that is the
+                    # design (bounded queues), and the flood goes on; only interactive latency is under test.
+                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
                 flooded += 1
 
         flooders = [asyncio.create_task(flood()) for _ in range(40)]
