@@ -88,6 +88,39 @@ def gateway() -> dict[str, Any]:
             w=12,
         ),
     ]
+    governance = [
+        ts(
+            "Rate-limited requests/s",
+            (rate_by("subject", "openclaw_gateway_rate_limited_total"), "{{subject}}"),
+            unit="reqps",
+            desc="Answered 429 with Retry-After: a tenant or API key over its quota.",
+        ),
+        ts(
+            "Forbidden/s by reason",
+            (rate_by("reason", "openclaw_gateway_forbidden_total"), "{{reason}}"),
+            unit="reqps",
+            desc="Refused by role or tenant policy (operation, model, channel not allowed).",
+        ),
+        ts(
+            "Shed/s by reason",
+            (rate_by("reason", "openclaw_gateway_shed_total"), "{{reason}}"),
+            unit="reqps",
+            desc="Load shedding: the task queue too deep, a route at its concurrency limit.",
+        ),
+        ts(
+            "Chat webhook messages/s",
+            (rate_by("kind, outcome", "openclaw_gateway_channel_events_total"), "{{kind}} {{outcome}}"),
+            unit="ops",
+            desc="queued, duplicate (a platform retry or another replica), ignored, pairing, refused, bad_signature.",
+            w=16,
+        ),
+        ts(
+            "Audit records dropped/s",
+            ("sum(rate(openclaw_gateway_audit_dropped_total[5m]))", "dropped"),
+            unit="ops",
+            desc="Requests served without their audit record because the audit writer was stalled (Redis down).",
+        ),
+    ]
     return dashboard(
         "openclaw-gateway",
         "OpenClaw gateway",
@@ -96,6 +129,7 @@ def gateway() -> dict[str, Any]:
             ("HTTP API", http),
             ("Protocols and connections", protocols),
             ("Tasks and auth", tasks),
+            ("Governance and chat channels", governance),
             ("Dependencies", hop_panels('{hop=~"gateway\\\\..+"}', '{breaker=~"gateway\\\\..+"}', "gateway")),
         ],
         [variable("route", "Route", requests)],
@@ -289,6 +323,92 @@ def router() -> dict[str, Any]:
             w=12,
         ),
     ]
+    qos = [
+        ts(
+            "Queue depth by priority",
+            (
+                'sum by (model, priority) (openclaw_router_queue_depth{model=~"$model"})',
+                "{{model}} {{priority}}",
+            ),
+            desc="Requests waiting for a slot, per class (interactive, agent, batch).",
+        ),
+        ts(
+            "Shed/s by reason",
+            (rate_by("model, reason", "openclaw_router_shed_total", model), "{{model}} {{reason}}"),
+            unit="reqps",
+            desc="Refused before running: deadline unreachable, queue full, quota spent.",
+        ),
+        ts(
+            "Errors/s by class",
+            (rate_by("model, class", "openclaw_router_errors_total", model), "{{model}} {{class}}"),
+            unit="reqps",
+        ),
+        ts(
+            "Retries/s",
+            (rate_by("model", "openclaw_router_retries_total", model), "{{model}}"),
+            unit="ops",
+            desc="Extra attempts within a model's deployments; capped by the global retry budget.",
+        ),
+        ts(
+            "In flight vs adaptive limit by deployment",
+            (
+                'sum by (model, deployment) (openclaw_router_deployment_in_flight{model=~"$model"})',
+                "{{model}}/{{deployment}} in flight",
+            ),
+            (
+                'sum by (model, deployment) (openclaw_router_deployment_limit{model=~"$model"})',
+                "{{model}}/{{deployment}} limit",
+            ),
+            desc="The limit follows 429s and latency (AIMD), never above max_concurrency.",
+            w=16,
+        ),
+        ts(
+            "Latency p95 by deployment",
+            *quantiles("openclaw_router_deployment_latency_seconds", "model, deployment", model, 0.95),
+            unit="s",
+        ),
+        ts(
+            "Breaker state by deployment",
+            (
+                'max by (model, deployment) (openclaw_router_deployment_breaker_state{model=~"$model"})',
+                "{{model}}/{{deployment}}",
+            ),
+            desc="0 closed, 1 half-open, 2 open; shared across router replicas.",
+        ),
+    ]
+    cache = [
+        ts(
+            "Cache lookups/s by outcome",
+            (
+                rate_by("model, outcome", "openclaw_router_cache_requests_total", model),
+                "{{model}} {{outcome}}",
+            ),
+            unit="ops",
+            desc="hit, miss, bypass; a hit makes no provider call.",
+        ),
+        ts(
+            "Coalesced requests/s",
+            (rate_by("model", "openclaw_router_coalesced_requests_total", model), "{{model}}"),
+            unit="ops",
+            desc="Identical requests in flight together that shared one provider call.",
+        ),
+        ts(
+            "Embeddings batching",
+            (rate_by("model", "openclaw_router_embed_batched_requests_total", model), "{{model}} requests"),
+            (rate_by("model", "openclaw_router_embed_batches_total", model), "{{model}} provider calls"),
+            unit="ops",
+        ),
+        ts(
+            "Spend per hour by model and deployment (USD)",
+            (
+                'sum by (model, deployment) (increase(openclaw_router_cost_usd_total{model=~"$model"}[1h]))',
+                "{{model}}/{{deployment}}",
+            ),
+            unit="currencyUSD",
+            desc="Priced from the deployment's cost fields or the model catalogue; per tenant through GetUsage.",
+            w=24,
+        ),
+    ]
     return dashboard(
         "openclaw-router",
         "OpenClaw router",
@@ -298,6 +418,8 @@ def router() -> dict[str, Any]:
             ("Latency", latency),
             ("Capacity and breakers", capacity),
             ("Tokens", tokens),
+            ("QoS: queues, shedding, deployments", qos),
+            ("Cache, coalescing, batching and spend", cache),
         ],
         [variable("model", "Model", requests)],
     )

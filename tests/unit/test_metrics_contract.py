@@ -12,6 +12,7 @@ MODULES = [
     "services.common.hop",
     "services.common.breaker",
     "services.gateway.metrics",
+    "services.gateway.channels_api",
     "services.executor.metrics",
     "services.router.metrics",
     "services.router.cache",
