@@ -98,9 +98,7 @@ async def test_forged_and_confused_tokens_are_refused() -> None:
     err = refused(verifier, forged)
     assert err.reason == "invalid_algorithm" and "'HS256' is not accepted" in err.message
     # alg: none
-    unsigned = jwt.encode(
-        {"tenant": "acme", "iss": "openclaw", "aud": "openclaw-api"}, "", algorithm="none"
-    )
+    unsigned = jwt.encode({"tenant": "acme", "iss": "openclaw", "aud": "openclaw-api"}, "", algorithm="none")
     assert refused(verifier, unsigned).reason == "invalid_algorithm"
     # A key of one family never verifies another's algorithm, even when that algorithm is allowed.
     ec_source = Source(document(jwk(EC_KEY, "e1")))
