@@ -154,7 +154,8 @@ async def _main(args: argparse.Namespace) -> list[Cell]:
     tmp = tempfile.mkdtemp(prefix="openclaw-bench-")
     config = StackConfig.isolated(f"bench{uuid.uuid4().hex[:6]}", f"{tmp}/log", f"{tmp}/storage")
     config.executors = args.executors
-    config.extra_env = {"OPENCLAW_LOG_LEVEL": "warning"}
+    # The benchmark measures throughput: the per-tenant rate limit (on by default) would refuse it.
+    config.extra_env = {"OPENCLAW_LOG_LEVEL": "warning", "OPENCLAW_RATE_LIMIT_ENABLED": "false"}
     models = Path(tmp) / "models.yaml"
     models.write_text(
         "models:\n"
