@@ -69,9 +69,9 @@ def _type(prop: Mapping[str, Any], defs: Mapping[str, Any]) -> str:
         target = defs.get(str(prop["$ref"]).rsplit("/", 1)[-1], {})
         return _type(target, defs) if "enum" in target or "type" in target else "object"
     if "enum" in prop:
-        return "one of " + ", ".join(f"`{v}`" for v in prop["enum"])
+        return "one of " + ", ".join(f"`{_short(v)}`" for v in prop["enum"])
     if "const" in prop:
-        return f"`{prop['const']}`"
+        return f"`{_short(prop['const'])}`"
     for key in ("anyOf", "oneOf"):
         if key in prop:
             return " \\| ".join(dict.fromkeys(_type(p, defs) for p in prop[key]))
