@@ -3,7 +3,8 @@
 Method: the platform runs as real local processes (LocalStack, the same launcher as `openclaw run`), with a private
 namespace and free ports. One client process (this one, aiohttp, one connection per concurrent worker) runs
 closed-loop workers: each request submits a one-step workflow (`llm_call` on the simulated model `bench`) with
-POST /v1/tasks and then long-polls GET /v1/tasks/{id}?wait=30 until it has ended; the latency is the time for both.
+POST /v1/tasks?wait=30 (submit and long-poll in one request; GET /v1/tasks/{id}?wait=30 follows only if it has not
+ended within the wait); the latency is the time until the ended task is read.
 Each cell (concurrency × simulator latency) warms up for 2 s, then measures for --seconds; RPS = completed tasks /
 measured time; failures are counted, never retried. The same client also measures the simulator alone (one
 POST /v1/chat/completions per request) at the same settings: "added" is p50(full path) − p50(simulator alone),
@@ -53,17 +54,19 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _task_once(session: aiohttp.ClientSession, base: str, headers: dict[str, str]) -> bool:
-    async with session.post(f"{base}/v1/tasks", json={"workflow": WORKFLOW}, headers=headers) as response:
-        if response.status != 202:
+    async with session.post(
+        f"{base}/v1/tasks", params={"wait": "30"}, json={"workflow": WORKFLOW}, headers=headers
+    ) as response:
+        if response.status not in (200, 202):
             return False
-        task_id = (await response.json())["id"]
-    while True:
+        body = await response.json()
+    task_id = body["id"]
+    while body["status"] not in ("succeeded", "failed", "cancelled"):
         async with session.get(
             f"{base}/v1/tasks/{task_id}", params={"wait": "30"}, headers=headers
         ) as response:
             body = await response.json()
-            if body["status"] in ("succeeded", "failed", "cancelled"):
-                return bool(body["status"] == "succeeded")
+    return bool(body["status"] == "succeeded")
 
 
 async def _sim_once(session: aiohttp.ClientSession, base: str, headers: dict[str, str]) -> bool:

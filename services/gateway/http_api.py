@@ -32,7 +32,7 @@ from services.common.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from services.common.taskstore import TaskEventRecord, TaskRecord
+from services.common.taskstore import TERMINAL, TaskEventRecord, TaskRecord
 from services.gateway.access import Call, Credentials, Gate
 from services.gateway.auth import AuthError
 from services.gateway.jsonbody import MAX_DEPTH, parse_json
@@ -141,6 +141,7 @@ class TaskRoutes:
 
     async def submit(self, request: Request) -> Response:
         async with await admit(self._gate, request, "tasks.submit") as call:
+            wait_s = _wait_param(request.query_params.get("wait"))  # before anything is created
             doc = await read_json(request, self._limit, self._depth)
             key = request.headers.get("idempotency-key", "")
             submit = SubmitRequest.from_document(doc, idempotency_key=key)
@@ -151,6 +152,12 @@ class TaskRoutes:
             headers = {"Location": f"/v1/tasks/{result.task.id}", **call.headers()}
             if not result.created:
                 headers["Idempotent-Replayed"] = "true"
+            # ?wait=N: submit and long-poll in one request (a synchronous call costs one round trip, not two);
+            # 200 with the ended task, or 202 with its state so far when it is still running after N seconds.
+            if wait_s:
+                record = await self._tasks.get(call.principal.tenant, result.task.id, wait_s=wait_s)
+                ended = record.status in TERMINAL
+                return JSONResponse(task_body(record), status_code=200 if ended else 202, headers=headers)
             return JSONResponse(
                 task_body(result.task), status_code=202 if result.created else 200, headers=headers
             )
