@@ -423,3 +423,56 @@ def router() -> dict[str, Any]:
         ],
         [variable("model", "Model", requests)],
     )
+
+
+def tenants() -> dict[str, Any]:
+    """Usage and spend per tenant: tenants defined in the tenant directory by name, the rest as 'other'."""
+    tenant = '{tenant=~"$tenant"}'
+    usage = [
+        ts(
+            "Requests/s by tenant",
+            (rate_by("tenant", "openclaw_gateway_tenant_requests_total", tenant), "{{tenant}}"),
+            unit="reqps",
+            desc="Every admitted request at the gateway, all protocols.",
+            w=12,
+        ),
+        ts(
+            "Refused or failed requests/s by tenant",
+            (
+                rate_by(
+                    "tenant, outcome",
+                    "openclaw_gateway_tenant_requests_total",
+                    '{tenant=~"$tenant", outcome!="ok"}',
+                ),
+                "{{tenant}} {{outcome}}",
+            ),
+            unit="reqps",
+            desc="rate_limited, permission_denied, invalid_input, not_found ... per tenant.",
+            w=12,
+        ),
+    ]
+    spend = [
+        ts(
+            "Tokens/s by tenant",
+            (rate_by("tenant, kind", "openclaw_router_tenant_tokens_total", tenant), "{{tenant}} {{kind}}"),
+            desc="Prompt and completion tokens of the model calls the router served.",
+            w=12,
+        ),
+        ts(
+            "Spend per hour by tenant (USD)",
+            (
+                'sum by (tenant) (increase(openclaw_router_tenant_cost_usd_total{tenant=~"$tenant"}[1h]))',
+                "{{tenant}}",
+            ),
+            unit="currencyUSD",
+            desc="Compare with each tenant's spend_usd_per_day quota; exact per-day figures come from GetUsage.",
+            w=12,
+        ),
+    ]
+    return dashboard(
+        "openclaw-tenants",
+        "OpenClaw tenants",
+        "Per tenant: requests and refusals at the gateway, tokens and spend at the router.",
+        [("Requests", usage), ("Tokens and spend", spend)],
+        [variable("tenant", "Tenant", "openclaw_gateway_tenant_requests_total")],
+    )

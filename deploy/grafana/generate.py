@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from boards import executor, gateway, router
+from boards import executor, gateway, router, tenants
 from panels import (
     HTTP,
     RATE,
@@ -209,7 +209,7 @@ def overview() -> dict[str, Any]:
     )
 
 
-DASHBOARDS = [overview, gateway, executor, router]
+DASHBOARDS = [overview, gateway, executor, router, tenants]
 
 
 def main(argv: list[str]) -> int:

@@ -210,6 +210,10 @@ class TenantDirectory:
             raise PermissionDeniedError(f"tenant {tenant!r} is disabled", tenant=tenant)
         return policy
 
+    def metric_label(self, tenant: str) -> str:
+        """The tenant as a metric label: defined tenants by name, every other one as "other" (labels stay bounded)."""
+        return tenant if tenant in self._overrides or tenant in self._configured else "other"
+
     def known(self) -> list[str]:
         return sorted(set(self._configured) | set(self._overrides))
 

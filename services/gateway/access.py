@@ -23,7 +23,7 @@ from services.common.tenants import TenantDirectory, TenantPolicy, permitted
 from services.gateway.apikeys import ApiKeyStore, looks_like_api_key
 from services.gateway.auth import AuthError, Principal, TokenVerifier, bearer_token
 from services.gateway.limits import QueueShedder, RouteClass, RouteLimits, Slot, SlotKind, SlotPool
-from services.gateway.metrics import AUDIT_DROPPED, AUTH_FAILURES, FORBIDDEN, RATE_LIMITED
+from services.gateway.metrics import AUDIT_DROPPED, AUTH_FAILURES, FORBIDDEN, RATE_LIMITED, TENANT_REQUESTS
 from services.gateway.openai_wire import OpenAIError
 from services.gateway.ratelimit import Decision, Quota, RateLimitedError, RateLimiter
 
@@ -140,6 +140,7 @@ class Call:
             outcome = "ok"
         else:
             outcome = "cancelled" if type(error).__name__ == "CancelledError" else "internal"
+        TENANT_REQUESTS.labels(self.gate.tenants.metric_label(self.principal.tenant), outcome).inc()
         await self.gate.audit(self, outcome)
 
     async def __aenter__(self) -> Call:

@@ -62,3 +62,10 @@ AUDIT_DROPPED = Counter(
     "openclaw_gateway_audit_dropped_total",
     "Audit records the gateway could not queue (the audit writer far behind, e.g. Redis down); alert on any.",
 )
+
+TENANT_REQUESTS = Counter(
+    "openclaw_gateway_tenant_requests_total",
+    "Requests by tenant and outcome (ok or the error code); tenants not defined in the tenant directory count as "
+    "'other'.",
+    ["tenant", "outcome"],
+)

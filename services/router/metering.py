@@ -75,6 +75,18 @@ def day_range(start: str, end: str, today: dt.date) -> list[dt.date]:
     return [first + dt.timedelta(days=n) for n in range(span)]
 
 
+TENANT_TOKENS = Counter(
+    "openclaw_router_tenant_tokens_total",
+    "Tokens by tenant and kind; tenants not defined in the tenant directory count as 'other'.",
+    ["tenant", "kind"],
+)
+TENANT_COST = Counter(
+    "openclaw_router_tenant_cost_usd_total",
+    "Spend in US dollars by tenant; tenants not defined in the tenant directory count as 'other'.",
+    ["tenant"],
+)
+
+
 class Meter:
     """Counts usage per tenant (in Redis, batched) and per model and deployment (in Prometheus)."""
 
@@ -86,8 +98,11 @@ class Meter:
         retention_days: int = 400,
         flush_interval_s: float = 1.0,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        tenant_label: Callable[[str], str] | None = None,
     ) -> None:
         self._redis = redis
+        # Per-tenant Prometheus series only when labels are bounded (by the tenant directory); else none at all.
+        self._tenant_label = tenant_label
         self._prefix = f"{namespace}:router:usage:"
         self._retention_s = retention_days * 86400
         self._interval = flush_interval_s
@@ -112,6 +127,12 @@ class Meter:
             child = self._costs[(model, deployment)] = COST.labels(model, deployment)
         if cost_usd > 0:
             child.inc(cost_usd)
+        if self._tenant_label is not None and tenant:
+            label = self._tenant_label(tenant)
+            TENANT_TOKENS.labels(label, "prompt").inc(prompt)
+            TENANT_TOKENS.labels(label, "completion").inc(completion)
+            if cost_usd > 0:
+                TENANT_COST.labels(label).inc(cost_usd)
         if self._redis is None or not tenant:  # no tenant (internal calls): Prometheus only
             return
         day = self._clock().date().isoformat()

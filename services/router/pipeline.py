@@ -266,8 +266,12 @@ def build_pipeline(settings: RouterSettings, router: Router, *, redis: Redis | N
     cache: ResponseCache | None = None
     if redis is not None and settings.cache_ttl_seconds > 0:
         cache = ResponseCache(redis, settings.namespace, policy, sealer=_sealer(settings, redis))
+    tenants = router.tenants
     meter = Meter(
-        redis if settings.metering else None, settings.namespace, retention_days=settings.usage_retention_days
+        redis if settings.metering else None,
+        settings.namespace,
+        retention_days=settings.usage_retention_days,
+        tenant_label=tenants.metric_label if tenants is not None else None,
     )
     return Pipeline(
         router,

@@ -157,3 +157,23 @@ async def test_a_schedule_starts_its_task(gateway: GatewayApp, redis: Redis, nam
         http.get(url, headers={"Authorization": f"Bearer {token}"}) as r,
     ):
         assert r.status == 200 and (await r.json())["name"] == "tick"
+
+
+async def test_per_tenant_metrics_name_defined_tenants_and_fold_the_rest(gateway: GatewayApp) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(tenant: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "openclaw_gateway_tenant_requests_total", {"tenant": tenant, "outcome": "not_found"}
+        )
+        return value or 0.0
+
+    before = {t: count(t) for t in ("acme", "other", "zeta")}
+    async with aiohttp.ClientSession() as http:
+        for tenant in ("acme", "zeta", "zeta"):
+            token = mint_token(SECRET, tenant=tenant)
+            url = f"http://127.0.0.1:{gateway.http_port}/v1/tasks/nope"
+            async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 404
+    assert count("acme") - before["acme"] == 1  # defined in the tenants file: by name
+    assert count("other") - before["other"] == 2 and count("zeta") == before["zeta"] == 0  # bounded labels

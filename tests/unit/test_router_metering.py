@@ -60,3 +60,23 @@ def test_day_range_refuses_bad_ranges_naming_the_field(start: str, end: str, fie
     with pytest.raises(InvalidInputError) as caught:
         day_range(start, end, TODAY)
     assert caught.value.details["field"] == field
+
+
+async def test_tenant_series_only_with_a_bounded_label() -> None:
+    def tokens(tenant: str, kind: str) -> float:
+        return (
+            REGISTRY.get_sample_value("openclaw_router_tenant_tokens_total", {"tenant": tenant, "kind": kind})
+            or 0.0
+        )
+
+    def spend(tenant: str) -> float:
+        return REGISTRY.get_sample_value("openclaw_router_tenant_cost_usd_total", {"tenant": tenant}) or 0.0
+
+    before = (tokens("acme", "prompt"), tokens("other", "completion"), spend("acme"))
+    labelled = Meter(None, "ns", tenant_label=lambda t: t if t == "acme" else "other")
+    labelled.record("acme", "m", "d", 10, 5, 0.25)
+    labelled.record("stranger-1", "m", "d", 1, 7, 0.0)
+    assert tokens("acme", "prompt") - before[0] == 10 and spend("acme") - before[2] == 0.25
+    assert tokens("other", "completion") - before[1] == 7 and tokens("stranger-1", "completion") == 0.0
+    Meter(None, "ns").record("acme", "m", "d", 100, 100, 1.0)  # no directory: no per-tenant series at all
+    assert tokens("acme", "prompt") - before[0] == 10

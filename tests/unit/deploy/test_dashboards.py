@@ -162,6 +162,7 @@ def test_dashboards_are_the_generator_output() -> None:
         "openclaw-gateway",
         "openclaw-executor",
         "openclaw-router",
+        "openclaw-tenants",
     }
 
 
