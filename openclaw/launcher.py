@@ -162,6 +162,7 @@ class LocalStack:
         self._python = python
         self._cwd = cwd or str(Path(__file__).resolve().parent.parent)
         self._procs: list[_Proc] = []
+        self.metrics_urls: dict[str, str] = {}  # process name -> its Prometheus /metrics URL, once started
 
     def _spawn(self, name: str, module: str, env_overrides: dict[str, str] | None = None) -> _Proc:
         log_dir = Path(self.config.log_dir)
@@ -228,6 +229,7 @@ class LocalStack:
             step(f"router      grpc 127.0.0.1:{cfg.router_port}  metrics :{cfg.router_metrics_port}")
             router = self._spawn("router", "services.router")
             self._wait_port(router, cfg.router_port, timeout_s)
+            self.metrics_urls["router"] = f"http://127.0.0.1:{cfg.router_metrics_port}/metrics"
         for i in range(cfg.executors if "executor" in wanted else 0):
             step(f"executor-{i}  consuming {cfg.namespace}.tasks")
             metrics_port = cfg.executor_metrics_port + i if cfg.executor_metrics_port else free_port()
@@ -235,10 +237,12 @@ class LocalStack:
                 f"executor-{i}", "services.executor", {"OPENCLAW_EXECUTOR_METRICS_PORT": str(metrics_port)}
             )
             self._wait_http(executor, f"http://127.0.0.1:{metrics_port}/readyz", timeout_s)
+            self.metrics_urls[f"executor-{i}"] = f"http://127.0.0.1:{metrics_port}/metrics"
         if "gateway" in wanted:
             step(f"gateway     {cfg.gateway_url}  grpc 127.0.0.1:{cfg.gateway_grpc_port}")
             gateway = self._spawn("gateway", "services.gateway")
             self._wait_http(gateway, f"{cfg.gateway_url}/readyz", timeout_s)
+            self.metrics_urls["gateway"] = f"{cfg.gateway_url}/metrics"
 
     def check_alive(self) -> list[str]:
         """Names of processes that have exited."""
