@@ -137,7 +137,9 @@ def _agent(raw: Any, where: str) -> AgentConfig:
     if not isinstance(raw, dict):
         raise InvalidInputError(f"{where}: must be a mapping")
     try:
-        agent = AgentConfig(**{**raw, "channels": tuple(raw.get("channels") or ())})
+        agent = AgentConfig(
+            **{**raw, "channels": tuple(raw.get("channels") or ()), "tools": tuple(raw.get("tools") or ())}
+        )
     except TypeError as exc:
         raise InvalidInputError(f"{where}: {exc}") from None
     if not _NAME.match(agent.name) or not agent.model:

@@ -8,16 +8,18 @@ service as every protocol, with an idempotency key per slot and the tenant's pol
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from redis.asyncio import Redis
 from starlette.routing import Route
 
 from services.common.errors import OpenClawError
+from services.common.taskstore import TERMINAL
 from services.common.tenants import TenantDirectory
 from services.gateway.channels_api import ChannelRoutes
 from services.gateway.channels_config import ChatSetup
-from services.gateway.conversations import ChatModel, ConversationService
+from services.gateway.conversations import AgentConfig, ChatModel, ConversationService
 from services.gateway.schedules import Schedule, ScheduleRunner
 from services.gateway.tasks import SubmitRequest, TaskService
 
@@ -39,7 +41,9 @@ class ChatRuntime:
     ) -> None:
         self._tasks = tasks
         self._tenants = tenants
-        self.conversations = ConversationService(redis, namespace, model, setup.agents)
+        self.conversations = ConversationService(
+            redis, namespace, model, setup.agents, run_agent=self._run_agent
+        )
         self.webhooks = ChannelRoutes(setup.channels, self.conversations, allowed=self._channel_allowed)
         owner = f"gateway-{uuid.uuid4().hex[:8]}"
         self.schedules = (
@@ -68,6 +72,50 @@ class ChatRuntime:
             return self._tenants.policy(tenant).allows_channel(channel)
         except OpenClawError:
             return False  # disabled or unknown tenant
+
+    async def _run_agent(self, agent: AgentConfig, tenant: str, instructions: str, conversation: str) -> str:
+        """A tool-using turn: an agent step on the executor (tools run there, in the tenant's confinement)."""
+        workflow = {
+            "name": f"chat-{agent.name}",
+            # Text from chat users travels as inputs, never inside the workflow, so it is data, not expressions.
+            "inputs": {"instructions": {"required": True}, "conversation": {"required": True}},
+            "steps": [
+                {
+                    "id": "turn",
+                    "type": "agent",
+                    "agent": {
+                        "model": agent.model,
+                        "instructions": "${{ inputs.instructions }}",
+                        "input": "${{ inputs.conversation }}",
+                        "tools": list(agent.tools),
+                        "max_turns": agent.max_turns,
+                        "timeout": agent.turn_timeout_s,
+                        "on_budget": "answer",
+                    },
+                }
+            ],
+        }
+        request = SubmitRequest(
+            workflow=workflow, inputs={"instructions": instructions, "conversation": conversation}
+        )
+        policy = self._tenants.policy(tenant) if self._tenants is not None else None
+        submitted = await self._tasks.submit(
+            tenant, request, policy=policy, submitted_by=f"agent:{agent.name}"
+        )
+        deadline = time.monotonic() + agent.turn_timeout_s + 10
+        record = await self._tasks.get(tenant, submitted.task.id, wait_s=30)
+        while record.status not in TERMINAL and time.monotonic() < deadline:
+            record = await self._tasks.get(tenant, submitted.task.id, wait_s=30)  # each wait is bounded
+        if record.status != "succeeded":
+            reason = (
+                (record.error or {}).get("message", record.status)
+                if isinstance(record.error, dict)
+                else record.status
+            )
+            raise RuntimeError(f"agent turn {submitted.task.id} ended {record.status}: {reason}")
+        result = record.result
+        output = result.get("content", "") if isinstance(result, dict) else str(result or "")
+        return str(output)
 
     async def _submit(self, schedule: Schedule, slot: float, idempotency_key: str) -> str:
         request = SubmitRequest(

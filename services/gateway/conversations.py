@@ -50,6 +50,10 @@ return 1
 """
 
 
+RunAgent = Callable[["AgentConfig", str, str, str], Awaitable[str]]
+"""run_agent(agent, tenant, instructions, conversation) -> the answer (a tool-using turn, run as a task)."""
+
+
 class ChatModel(Protocol):
     """The router as conversations use it."""
 
@@ -65,6 +69,10 @@ class AgentConfig:
     system_prompt: str = ""
     channels: tuple[str, ...] = ()
     policy: Literal["queue", "merge"] = "queue"
+    # Operations the agent may call as tools; with any, a turn runs as an agent step on the executor.
+    tools: tuple[str, ...] = ()
+    max_turns: int = 8
+    turn_timeout_s: float = 120.0
     history_messages: int = 20
     compact_after: int = 40
     max_reply_chars: int = 4000
@@ -98,6 +106,7 @@ class ConversationService:
     lease_ms: int = 60_000
     dedupe_ttl_s: int = 24 * 3600
     on_turn: Callable[[TurnResult], Awaitable[None]] | None = None
+    run_agent: RunAgent | None = None
 
     def __post_init__(self) -> None:
         self._lease = self.redis.register_script(_LEASE)
@@ -222,16 +231,23 @@ class ConversationService:
             )
         messages += [router_pb2.ChatMessage(**json.loads(item)) for item in past]
         messages.append(router_pb2.ChatMessage(role="user", content=text, name=last.sender_id[:64]))
-        response = await self.model.chat(
-            router_pb2.ChatRequest(
-                model=agent.model,
-                messages=messages,
-                tenant=last.tenant,
-                request_id=f"conv-{last.message_id}",
-                priority="interactive",
+        if agent.tools and self.run_agent is not None:
+            instructions = "\n\n".join(m.content for m in messages if m.role == "system") or "Help the user."
+            transcript = "\n".join(f"{m.role}: {m.content}" for m in messages[:-1] if m.role != "system")
+            conversation = f"{transcript}\nuser: {text}" if transcript else text
+            answer = await self.run_agent(agent, last.tenant, instructions, conversation)
+        else:
+            response = await self.model.chat(
+                router_pb2.ChatRequest(
+                    model=agent.model,
+                    messages=messages,
+                    tenant=last.tenant,
+                    request_id=f"conv-{last.message_id}",
+                    priority="interactive",
+                )
             )
-        )
-        answer = response.message.content[: agent.max_reply_chars]
+            answer = response.message.content
+        answer = answer[: agent.max_reply_chars]
         await channel.send(
             chat_pb2.ChannelReply(
                 channel=last.channel,

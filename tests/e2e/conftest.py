@@ -12,6 +12,7 @@ from moto.server import ThreadedMotoServer
 
 from openclaw.launcher import LocalStack, StackConfig
 from services.gateway.auth import mint_token
+from tests.e2e.chat import CHANNELS, ChatCallback
 from tests.e2e.otlp import OtlpReceiver
 
 
@@ -33,19 +34,32 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def chat_callback() -> Iterator[ChatCallback]:
+    """Where the stack's generic webhook channel posts its replies (a real HTTP server on loopback)."""
+    server = ChatCallback()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def stack(
     rabbitmq_url: str,
     redis_url: str,
     otlp: OtlpReceiver,
     s3_endpoint: str,
+    chat_callback: ChatCallback,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LocalStack]:
     root: Path = tmp_path_factory.mktemp("stack")
+    channels = root / "channels.yaml"
+    channels.write_text(json.dumps(CHANNELS).replace("CALLBACK_URL", chat_callback.url))
     config = StackConfig.isolated(
         namespace=f"e2e{uuid.uuid4().hex[:8]}", log_dir=str(root / "log"), storage_root=str(root / "storage")
     )
     config.otlp_endpoint = otlp.endpoint
     config.extra_env = {
+        "OPENCLAW_GATEWAY_CHANNELS_FILE": str(channels),
         "OPENCLAW_EXECUTOR_CREDENTIALS": json.dumps(
             {
                 "aws_credentials": {
