@@ -88,6 +88,17 @@ def parse(doc: Any, env: Mapping[str, str], *, source: str = "<channels>") -> Ch
             raise InvalidInputError(f"{source}: schedules[{i}]: {exc}") from None
         except InvalidInputError as exc:
             raise InvalidInputError(f"{source}: schedules[{i}]: {exc.message}") from None
+        target = schedules[-1].deliver_to
+        if target is not None:
+            channel = channels.get(target["channel"])
+            if channel is None:
+                raise InvalidInputError(
+                    f"{source}: schedules[{i}].deliver_to.channel: unknown channel {target['channel']!r}"
+                )
+            if channel.tenant != schedules[-1].tenant:
+                raise InvalidInputError(
+                    f"{source}: schedules[{i}].deliver_to.channel: {channel.name!r} belongs to another tenant"
+                )
     return ChatSetup(channels, agents, schedules)
 
 

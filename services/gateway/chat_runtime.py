@@ -7,6 +7,8 @@ service as every protocol, with an idempotency key per slot and the tenant's pol
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 import uuid
@@ -14,6 +16,7 @@ import uuid
 from redis.asyncio import Redis
 from starlette.routing import Route
 
+from openclaw.v1 import chat_pb2
 from services.common.errors import OpenClawError
 from services.common.taskstore import TERMINAL
 from services.common.tenants import TenantDirectory
@@ -46,6 +49,7 @@ class ChatRuntime:
         )
         self.webhooks = ChannelRoutes(setup.channels, self.conversations, allowed=self._channel_allowed)
         owner = f"gateway-{uuid.uuid4().hex[:8]}"
+        self._deliveries: set[asyncio.Future[None]] = set()
         self.schedules = (
             ScheduleRunner(redis, namespace, setup.schedules, self._submit, owner=owner)
             if setup.schedules
@@ -62,6 +66,8 @@ class ChatRuntime:
     async def stop(self) -> None:
         if self.schedules is not None:
             await self.schedules.stop()
+        for delivery in list(self._deliveries):
+            delivery.cancel()
         await self.conversations.idle()
         await self.webhooks.close()
 
@@ -128,4 +134,36 @@ class ChatRuntime:
         submitted = await self._tasks.submit(
             schedule.tenant, request, policy=policy, submitted_by=f"schedule:{schedule.id}"
         )
+        if schedule.deliver_to is not None:
+            # Delivered by the replica that fired the slot; if it stops first, the result stays readable by id.
+            self._deliveries.add(task := asyncio.ensure_future(self._deliver(schedule, submitted.task.id)))
+            task.add_done_callback(self._deliveries.discard)
         return submitted.task.id
+
+    async def _deliver(self, schedule: Schedule, task_id: str, max_wait_s: float = 3600.0) -> None:
+        """Post a scheduled task's outcome to its channel once the task has ended."""
+        assert schedule.deliver_to is not None
+        try:
+            deadline = time.monotonic() + max_wait_s
+            record = await self._tasks.get(schedule.tenant, task_id, wait_s=30)
+            while record.status not in TERMINAL and time.monotonic() < deadline:
+                record = await self._tasks.get(schedule.tenant, task_id, wait_s=30)
+            result = record.result
+            if isinstance(result, dict) and isinstance(result.get("content"), str):
+                text = result["content"]
+            elif record.status == "succeeded":
+                text = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)[:3500]
+            else:
+                text = f"schedule {schedule.id}: task {task_id} {record.status}"
+            channel = self.webhooks.channels[schedule.deliver_to["channel"]]
+            await channel.send(
+                chat_pb2.ChannelReply(
+                    channel=channel.config.name,
+                    account=channel.config.account,
+                    conversation=schedule.deliver_to["conversation"],
+                    text=text,
+                    context={"schedule": schedule.id, "task_id": task_id},
+                )
+            )
+        except Exception:
+            log.exception("schedule delivery failed", extra={"schedule": schedule.id, "task_id": task_id})

@@ -63,6 +63,8 @@ class Schedule:
     missed: Literal["skip", "catch_up"] = "skip"
     grace_s: float = 60.0
     max_catch_up: int = 10
+    # Where to post the task's result when it ends: {"channel": <configured channel>, "conversation": <id>}.
+    deliver_to: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         check_tenant(self.tenant)
@@ -84,6 +86,13 @@ class Schedule:
             ) from None
         if self.missed not in ("skip", "catch_up") or not 1 <= self.max_catch_up <= 1000 or self.grace_s < 0:
             raise InvalidInputError(f"schedule {self.id!r}: missed is skip or catch_up; max_catch_up 1-1000")
+        if self.deliver_to is not None and (
+            set(self.deliver_to) != {"channel", "conversation"}
+            or not all(isinstance(v, str) and v for v in self.deliver_to.values())
+        ):
+            raise InvalidInputError(
+                f"schedule {self.id!r}: deliver_to: {{channel, conversation}}, both strings"
+            )
 
     def slots(self, after: float, until: float, limit: int) -> list[float]:
         """Slot times (epoch seconds) in (after, until], oldest first, at most ``limit``."""

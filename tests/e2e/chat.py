@@ -28,6 +28,15 @@ CHANNELS: dict[str, Any] = {
             "channels": ["ops-hook"],
         }
     ],
+    "schedules": [
+        {
+            "id": "sum-report",
+            "tenant": "acme",
+            "every_s": 3,
+            "workflow": {"name": "sum-report", "steps": [{"type": "math_sum", "params": {"items": [1, 2]}}]},
+            "deliver_to": {"channel": "ops-hook", "conversation": "reports"},
+        }
+    ],
 }
 
 

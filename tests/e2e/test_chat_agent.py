@@ -32,9 +32,22 @@ async def test_a_channel_agent_answers_with_a_tool_result(
         async with http.post(url, data=body, headers=headers) as response:
             assert response.status == 202, await response.text()
     for _ in range(600):
-        if chat_callback.replies:
+        if any(r["conversation"] == "room-1" for r in chat_callback.replies):
             break
         await asyncio.sleep(0.05)
-    (reply,) = chat_callback.replies
+    (reply,) = [r for r in chat_callback.replies if r["conversation"] == "room-1"]
     assert reply["conversation"] == "room-1" and reply["reply_to"] == "msg-1"
     assert "42" in reply["text"], reply  # math_evaluate really ran: the echo model repeats the tool's result
+
+
+async def test_a_schedule_delivers_its_result_to_a_channel(
+    stack: LocalStack, chat_callback: ChatCallback
+) -> None:
+    for _ in range(400):
+        if any(r["conversation"] == "reports" for r in chat_callback.replies):
+            break
+        await asyncio.sleep(0.05)
+    reports = [r for r in chat_callback.replies if r["conversation"] == "reports"]
+    assert (
+        reports and reports[0]["text"] == "3"
+    )  # math_sum of [1, 2], run by the executor, posted to the channel

@@ -238,3 +238,18 @@ def test_configuration_problems_name_their_place() -> None:
         parse({"channels": [{"name": "s", "kind": "icq", "tenant": "acme"}]}, {})
     with pytest.raises(InvalidInputError, match=r"agents\[0\]\.channels: unknown channel"):
         parse({"agents": [{"name": "a", "model": "m", "channels": ["ghost"]}]}, {})
+
+
+def test_a_schedule_delivers_only_to_a_channel_of_its_own_tenant() -> None:
+    channel = {"name": "c", "kind": "webhook", "tenant": "acme", "secrets": {"secret": "s"}}
+    schedule = {
+        "id": "s",
+        "tenant": "globex",
+        "every_s": 60,
+        "template": "t",
+        "deliver_to": {"channel": "c", "conversation": "x"},
+    }
+    with pytest.raises(InvalidInputError, match=r"deliver_to\.channel: 'c' belongs to another tenant"):
+        parse({"channels": [channel], "schedules": [schedule]}, {})
+    with pytest.raises(InvalidInputError, match="unknown channel 'nope'"):
+        parse({"schedules": [{**schedule, "deliver_to": {"channel": "nope", "conversation": "x"}}]}, {})
