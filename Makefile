@@ -4,7 +4,7 @@ PIP     ?= .venv/bin/pip
 COMPOSE ?= docker compose -f deploy/compose/compose.yaml
 PROTOS  := $(wildcard proto/openclaw/v1/*.proto)
 
-.PHONY: help install proto run up down test test-unit test-integration test-e2e lint format bench bench-router demo certs clean
+.PHONY: help install proto run up down test test-unit test-integration test-e2e lint format bench bench-router bench-gateway demo certs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -59,6 +59,10 @@ bench-executor: ## executor: 5,000 trivial tasks through the gateway beside Cele
 
 demo: ## steady demo traffic against the running gateway (make run or make up first), for the dashboards
 	$(PY) -m openclaw.cli demo
+
+bench-gateway: ## accepted tasks/s over HTTP/1.1, HTTP/2, WebSocket and MQTT, and WebSocket connections per GiB
+	$(PIP) install -q -e '.[dev,bench]'
+	$(PY) -m bench.gateway_protocols
 
 bench-router: ## our router vs the LiteLLM proxy (installed into .bench/ by the benchmark), same simulator
 	$(PIP) install -q -e '.[dev,bench]'
