@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -38,7 +39,21 @@ return {1}
 """
 
 GENESIS = "0" * 64
-SECRET_HINTS = ("password", "secret", "token", "api_key", "apikey", "authorization", "credential", "private")
+# Key words that mark a secret: matched against the words of a key ("access_token", "X-Api-Key"), so counts like
+# "prompt_tokens" are kept.
+SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "apikey",
+        "authorization",
+        "credential",
+        "credentials",
+        "private",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +102,20 @@ def scrub(details: Mapping[str, Any]) -> dict[str, Any]:
     """Details with any secret-looking key replaced, recursively (a last line of defence, not the only one)."""
     out: dict[str, Any] = {}
     for key, value in details.items():
-        if any(hint in key.lower() for hint in SECRET_HINTS):
+        if _secret_key(key):
             out[key] = "[redacted]"
         elif isinstance(value, Mapping):
             out[key] = scrub(value)
         else:
             out[key] = value
     return out
+
+
+def _secret_key(key: str) -> bool:
+    words = [w for w in re.split(r"[^a-z0-9]+", key.lower()) if w]
+    return (
+        bool(SECRET_WORDS.intersection(words)) or "".join(words) in SECRET_WORDS or "apikey" in "".join(words)
+    )
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
@@ -134,19 +156,36 @@ class AuditLog:
         self._task = asyncio.create_task(self._flusher(), name="audit-flush")
 
     async def stop(self) -> None:
-        """Write everything still queued, then stop."""
+        """Write everything still queued, then stop (if Redis is gone, say how many records are lost)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as exc:
+            log.error(
+                "audit records could not be written at shutdown",
+                extra={"pending": self._queue.qsize(), "error": str(exc)},
+            )
 
     async def record(self, event: AuditEvent) -> None:
         """Queue an event; waits (never drops) when the writer is behind by ``max_pending`` events."""
         if self._service and not event.service:
             event = replace(event, service=self._service)
         await self._queue.put(event)
+
+    def record_nowait(self, event: AuditEvent) -> bool:
+        """Queue an event without waiting (from code that cannot await, e.g. a stream being closed)."""
+        if self._service and not event.service:
+            event = replace(event, service=self._service)
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            log.error("audit writer far behind: a record was dropped", extra={"tenant": event.tenant})
+            return False
+        return True
 
     async def flush(self) -> None:
         """Append every queued event now (readers, tests and shutdown), in order with the background writer."""

@@ -11,6 +11,7 @@ The servicer calls the pipeline; the pipeline calls the Router only when the ans
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -18,8 +19,11 @@ from contextlib import aclosing
 
 from redis.asyncio import Redis
 
+from services.common.audit import AuditLog
 from services.common.encryption import Keyring, Sealer
+from services.common.errors import OpenClawError
 from services.common.redis_client import open_redis
+from services.router.audit import ModelCallAudit
 from services.router.batcher import EmbedBatcher
 from services.router.cache import (
     COALESCED,
@@ -60,8 +64,11 @@ class Pipeline:
         embed_window_s: float = 0.005,
         embed_max_inputs: int = 256,
         closers: Sequence[Callable[[], Awaitable[None]]] = (),
+        audit: ModelCallAudit | None = None,
     ) -> None:
         self.router = router
+        self.audit = audit
+        self._audit_start: asyncio.Task[None] | None = None
         self.catalogue = catalogue if catalogue is not None else load_catalogue()
         self.cache = cache
         self.policy = cache.policy if cache is not None else (policy or CachePolicy())
@@ -81,7 +88,18 @@ class Pipeline:
     async def chat(
         self, request: ChatRequest, *, deadline: float | None = None, cache: str = ""
     ) -> tuple[ChatResult, Route]:
-        """One completion: from the tenant's cache, a call in flight, or the router."""
+        """One completion: from the tenant's cache, a call in flight, or the router (audited either way)."""
+        try:
+            result, route = await self._chat(request, deadline=deadline, cache=cache)
+        except OpenClawError as exc:
+            await self._audit(request, "model.chat", exc.code)
+            raise
+        await self._audit(request, "model.chat", "ok", route, result.usage)
+        return result, route
+
+    async def _chat(
+        self, request: ChatRequest, *, deadline: float | None = None, cache: str = ""
+    ) -> tuple[ChatResult, Route]:
         mode = cache_mode(cache)
         self._precheck(request)
         ttl = self.policy.ttl(request, mode)
@@ -124,7 +142,29 @@ class Pipeline:
     async def stream(
         self, request: ChatRequest, *, deadline: float | None = None, cache: str = ""
     ) -> AsyncGenerator[ChatDelta, None]:
-        """Deltas: a cached answer replayed, or the router's stream (stored when it completes)."""
+        """Deltas: a cached answer replayed, or the router's stream (stored when it completes); audited at its end."""
+        last: ChatDelta | None = None
+        deltas = self._stream(request, deadline=deadline, cache=cache)
+        try:
+            async with aclosing(deltas):
+                async for delta in deltas:
+                    if delta.finish_reason:
+                        last = delta
+                    yield delta
+        except OpenClawError as exc:
+            await self._audit(request, "model.chat_stream", exc.code)
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            # The caller walked away: record without awaiting (a closing generator must not wait).
+            self._audit_nowait(request, "model.chat_stream", "cancelled")
+            raise
+        route = last.route if last is not None else None
+        usage = (last.usage or Usage()) if last is not None else None
+        await self._audit(request, "model.chat_stream", "ok", route, usage)
+
+    async def _stream(
+        self, request: ChatRequest, *, deadline: float | None = None, cache: str = ""
+    ) -> AsyncGenerator[ChatDelta, None]:
         mode = cache_mode(cache)
         self._precheck(request)
         ttl = self.policy.ttl(request, mode)
@@ -213,8 +253,16 @@ class Pipeline:
         self, request: EmbedRequest, *, deadline: float | None = None
     ) -> tuple[EmbedResult, Route]:
         """Vectors, through a micro-batch when other requests for the same model come along."""
-        self.router.registry.snapshot.require(request.model)  # an unknown model fails alone, not its batch
-        return await self.batcher.embed(request, deadline)
+        try:
+            self.router.registry.snapshot.require(
+                request.model
+            )  # an unknown model fails alone, not its batch
+            result, route = await self.batcher.embed(request, deadline)
+        except OpenClawError as exc:
+            await self._audit(request, "model.embed", exc.code)
+            raise
+        await self._audit(request, "model.embed", "ok", route, result.usage)
+        return result, route
 
     async def _embed_call(self, request: EmbedRequest, deadline: float | None) -> tuple[EmbedResult, Route]:
         result, route = await self.router.embed(request, deadline=deadline)
@@ -242,15 +290,55 @@ class Pipeline:
         return self.catalogue.for_model(spec)
 
     def start(self) -> None:
-        """Start the background parts (the usage flush)."""
+        """Start the background parts (the usage flush, the audit writer)."""
         if self.meter is not None:
             self.meter.start()
+        if self.audit is not None:
+            self._audit_start = asyncio.get_running_loop().create_task(self.audit.log.start())
+
+    def _audit_nowait(self, request: ChatRequest, action: str, outcome: str) -> None:
+        if self.audit is not None:
+            event = self.audit.event(
+                tenant=request.tenant, action=action, model=request.model, user=request.user, outcome=outcome
+            )
+            if event is not None:
+                self.audit.log.record_nowait(event)
+
+    async def _audit(
+        self,
+        request: ChatRequest | EmbedRequest,
+        action: str,
+        outcome: str,
+        route: Route | None = None,
+        usage: Usage | None = None,
+    ) -> None:
+        if self.audit is None:
+            return
+        cost = None
+        if route is not None and usage is not None and route.cache not in ("hit",):
+            entry = self.price(route.model, route.deployment or DEFAULT_DEPLOYMENT)
+            cost = entry.cost(usage.prompt_tokens, usage.completion_tokens) if entry is not None else None
+        event = self.audit.event(
+            tenant=request.tenant,
+            action=action,
+            model=request.model,
+            user=request.user,
+            outcome=outcome,
+            route=route,
+            usage=usage,
+            cost_usd=cost,
+            request=request if isinstance(request, ChatRequest) else None,
+        )
+        if event is not None:
+            await self.audit.log.record(event)
 
     async def close(self) -> None:
-        """Send the open embedding batches, write the pending usage, close what the pipeline owns."""
+        """Send the open embedding batches, write the pending usage and audit records, close what it owns."""
         await self.batcher.close()
         if self.meter is not None:
             await self.meter.stop()
+        if self.audit is not None:
+            await self.audit.log.stop()
         for close in self._closers:
             await close()
 
@@ -273,8 +361,16 @@ def build_pipeline(settings: RouterSettings, router: Router, *, redis: Redis | N
         retention_days=settings.usage_retention_days,
         tenant_label=tenants.metric_label if tenants is not None else None,
     )
+    audit = (
+        ModelCallAudit(
+            AuditLog(redis, settings.namespace, settings.audit_key_bytes(), service="router"), tenants
+        )
+        if redis is not None and settings.audit
+        else None
+    )
     return Pipeline(
         router,
+        audit=audit,
         catalogue=catalogue,
         cache=cache,
         policy=policy,

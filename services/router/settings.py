@@ -91,6 +91,8 @@ class RouterSettings(CommonSettings):
     catalogue: str = Field("", validation_alias=_env("catalogue"))
     """A YAML model catalogue that extends (and overrides) the bundled ``model_catalogue.yaml``."""
     metering: bool = Field(True, validation_alias=_env("metering"))
+    # An audit record per model call (services/router/audit.py) in the tenants' hash chains; needs Redis.
+    audit: bool = Field(True, validation_alias=_env("audit"))
     """Whether tenants' usage is kept in Redis (per day) for GetUsage."""
     usage_retention_days: int = Field(400, ge=1, le=3660, validation_alias=_env("usage_retention_days"))
 
