@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from starlette.types import ASGIApp
 
 from openclaw.v1 import gateway_pb2_grpc
-from services.common import rpc
+from services.common import rpc, tls
 from services.common.audit import AuditLog
 from services.common.encryption import Keyring, Sealer
 from services.common.envelope import SealingPublisher
@@ -116,6 +116,7 @@ class GatewayApp:
         jwks: JwksKeys | None = None,
     ) -> None:
         self.settings = settings
+        self.tls = tls.load(settings)  # mutual TLS to the router, TLS on gRPC ingress (None when off)
         self.http_port = settings.http_port
         self.grpc_port = settings.grpc_port
         self.http2_port: int | None = None
@@ -182,7 +183,7 @@ class GatewayApp:
         await self._topology.declare(channel)
         await channel.close()
         if self._router is None:
-            self._router = RouterClient(settings.router_addr, hop_name="gateway.router")
+            self._router = RouterClient(settings.router_addr, hop_name="gateway.router", tls=self.tls)
         if self._publisher is None:
             self._publisher = self._task_publisher = TaskPublisher(
                 self._amqp, self._topology, timeout_s=settings.publish_timeout_seconds
@@ -208,6 +209,7 @@ class GatewayApp:
             model=self._router,
             tasks=self._tasks,
             tenants=self.tenants,
+            sealer=sealer,
         )
         depth = settings.max_json_depth
         self._asgi = create_app(
@@ -343,7 +345,15 @@ class GatewayApp:
         self._health = rpc.add_health_and_reflection(self._grpc, [SERVICE_NAME])
         host = f"[{settings.grpc_host}]" if ":" in settings.grpc_host else settings.grpc_host
         try:
-            self.grpc_port = self._grpc.add_insecure_port(f"{host}:{settings.grpc_port}")
+            address = f"{host}:{settings.grpc_port}"
+            # Clients of the ingress authenticate with API keys or tokens, not certificates: TLS only encrypts.
+            self.grpc_port = (
+                self._grpc.add_secure_port(
+                    address, tls.server_credentials(self.tls, require_client_cert=False)
+                )
+                if self.tls is not None
+                else self._grpc.add_insecure_port(address)
+            )
         except RuntimeError as exc:
             raise OSError(f"cannot listen for gRPC on {host}:{settings.grpc_port}: {exc}") from exc
         await self._grpc.start()

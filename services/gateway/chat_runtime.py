@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from starlette.routing import Route
 
 from openclaw.v1 import chat_pb2
+from services.common.encryption import Sealer
 from services.common.errors import OpenClawError
 from services.common.taskstore import TERMINAL
 from services.common.tenants import TenantDirectory
@@ -41,11 +42,12 @@ class ChatRuntime:
         model: ChatModel,
         tasks: TaskService,
         tenants: TenantDirectory | None,
+        sealer: Sealer | None = None,
     ) -> None:
         self._tasks = tasks
         self._tenants = tenants
         self.conversations = ConversationService(
-            redis, namespace, model, setup.agents, run_agent=self._run_agent
+            redis, namespace, model, setup.agents, run_agent=self._run_agent, sealer=sealer
         )
         self.webhooks = ChannelRoutes(setup.channels, self.conversations, allowed=self._channel_allowed)
         owner = f"gateway-{uuid.uuid4().hex[:8]}"

@@ -30,6 +30,8 @@ from google.protobuf import json_format
 from redis.asyncio import Redis
 
 from openclaw.v1 import chat_pb2, router_pb2
+from services.common.encryption import TEXT_PREFIX, Sealer
+from services.common.errors import InvalidInputError
 from services.gateway.channels import Channel
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,8 @@ class ConversationService:
     dedupe_ttl_s: int = 24 * 3600
     on_turn: Callable[[TurnResult], Awaitable[None]] | None = None
     run_agent: RunAgent | None = None
+    # With master keys configured: history, summaries and queued messages are sealed with the tenant's data key.
+    sealer: Sealer | None = None
 
     def __post_init__(self) -> None:
         self._lease = self.redis.register_script(_LEASE)
@@ -115,6 +119,16 @@ class ConversationService:
 
     def _key(self, msg: chat_pb2.ChannelMessage | chat_pb2.ChannelReply, part: str) -> str:
         return f"{self.namespace}:conv:{msg.channel}:{msg.conversation}:{part}"
+
+    async def _seal(self, tenant: str, where: str, text: str) -> str:
+        return await self.sealer.seal_text(tenant, text, where) if self.sealer is not None else text
+
+    async def _open(self, tenant: str, where: str, value: str) -> str:
+        if value.startswith(TEXT_PREFIX):  # sealed (older plaintext values still read as they are)
+            if self.sealer is None:
+                raise InvalidInputError(f"{where}: sealed, but no master key is configured")
+            return await self.sealer.open_text(tenant, value, where)
+        return value
 
     def agent_for(self, channel: str) -> AgentConfig | None:
         return next((a for a in self.agents.values() if channel in a.channels), None)
@@ -143,7 +157,9 @@ class ConversationService:
                 )
             )
             return Outcome("pairing", "sender not allowed on this channel", code)
-        await self.redis.rpush(self._key(msg, "inbox"), json_format.MessageToJson(msg))  # type: ignore[misc]
+        inbox = self._key(msg, "inbox")
+        item = await self._seal(msg.tenant, inbox, json_format.MessageToJson(msg))
+        await self.redis.rpush(inbox, item)  # type: ignore[misc]
         self._spawn(self._drain(channel, agent, msg))
         return Outcome("queued")
 
@@ -155,9 +171,10 @@ class ConversationService:
         await self.redis.sadd(f"{self.namespace}:paired:{channel}", sender)  # type: ignore[misc]
         return str(sender)
 
-    async def history(self, channel: str, conversation: str) -> list[dict[str, str]]:
-        raw = await self.redis.lrange(f"{self.namespace}:conv:{channel}:{conversation}:history", 0, -1)  # type: ignore[misc]
-        return [json.loads(item) for item in raw]
+    async def history(self, channel: str, conversation: str, tenant: str = "") -> list[dict[str, str]]:
+        key = f"{self.namespace}:conv:{channel}:{conversation}:history"
+        raw = await self.redis.lrange(key, 0, -1)  # type: ignore[misc]
+        return [json.loads(await self._open(tenant, key, item)) for item in raw]
 
     async def idle(self) -> None:
         """Wait until every turn started so far has finished (tests, shutdown)."""
@@ -186,7 +203,7 @@ class ConversationService:
         while True:
             if not await self._lease(keys=[lease], args=[holder, self.lease_ms]):
                 return  # another replica (or turn) holds the conversation: it will see our message
-            batch = await self._take(inbox, agent.policy)
+            batch = await self._take(inbox, agent.policy, msg.tenant)
             if batch:
                 try:
                     await self._turn(channel, agent, batch)
@@ -196,14 +213,17 @@ class ConversationService:
             if await self._release(keys=[lease, inbox], args=[holder]):
                 return
 
-    async def _take(self, inbox: str, policy: str) -> list[chat_pb2.ChannelMessage]:
+    async def _take(self, inbox: str, policy: str, tenant: str) -> list[chat_pb2.ChannelMessage]:
         """The next message (``queue``), or every waiting message folded into one turn (``merge``)."""
         if policy == "merge":
             items = await self._pop_all(inbox)
         else:
             first = await self.redis.lpop(inbox)  # type: ignore[misc]
             items = [first] if first else []
-        return [json_format.Parse(item, chat_pb2.ChannelMessage()) for item in items]
+        return [
+            json_format.Parse(await self._open(tenant, inbox, item), chat_pb2.ChannelMessage())
+            for item in items
+        ]
 
     async def _pop_all(self, inbox: str) -> list[str]:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -216,8 +236,12 @@ class ConversationService:
         last = batch[-1]
         text = "\n".join(m.text for m in batch)
         history_key, summary_key = self._key(last, "history"), self._key(last, "summary")
-        summary = await self.redis.get(summary_key)
-        past = await self.redis.lrange(history_key, -agent.history_messages, -1)  # type: ignore[misc]
+        raw_summary = await self.redis.get(summary_key)
+        summary = await self._open(last.tenant, summary_key, raw_summary) if raw_summary else ""
+        past = [
+            await self._open(last.tenant, history_key, item)
+            for item in await self.redis.lrange(history_key, -agent.history_messages, -1)  # type: ignore[misc]
+        ]
         messages = (
             [router_pb2.ChatMessage(role="system", content=agent.system_prompt)]
             if agent.system_prompt
@@ -262,8 +286,10 @@ class ConversationService:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(
                 history_key,
-                json.dumps({"role": "user", "content": text}),
-                json.dumps({"role": "assistant", "content": answer}),
+                await self._seal(last.tenant, history_key, json.dumps({"role": "user", "content": text})),
+                await self._seal(
+                    last.tenant, history_key, json.dumps({"role": "assistant", "content": answer})
+                ),
             )
             pipe.llen(history_key)
             _, length = await pipe.execute()
@@ -282,7 +308,10 @@ class ConversationService:
     ) -> None:
         """Fold the older half of the history into the summary, keeping facts, names, numbers and decisions."""
         keep = agent.history_messages
-        old = await self.redis.lrange(history_key, 0, -keep - 1)  # type: ignore[misc]
+        old = [
+            await self._open(last.tenant, history_key, item)
+            for item in await self.redis.lrange(history_key, 0, -keep - 1)  # type: ignore[misc]
+        ]
         if not old:
             return
         transcript = "\n".join(f"{m['role']}: {m['content']}" for m in map(json.loads, old))
@@ -305,6 +334,6 @@ class ConversationService:
             )
         )
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(summary_key, response.message.content)
+            pipe.set(summary_key, await self._seal(last.tenant, summary_key, response.message.content))
             pipe.ltrim(history_key, -keep, -1)
             await pipe.execute()

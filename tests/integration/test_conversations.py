@@ -216,3 +216,25 @@ async def test_long_histories_are_compacted_into_a_summary(
     assert "Summary of the conversation so far: SUMMARY" in [
         m.content for m in after.messages if m.role == "system"
     ]
+
+
+async def test_history_summary_and_queued_messages_are_sealed_at_rest(
+    redis: Redis, namespace: str, platform: Platform, session: aiohttp.ClientSession
+) -> None:
+    from services.common.encryption import Keyring, MasterKeys, Sealer
+
+    sealer = Sealer(Keyring(redis, namespace, MasterKeys({"k": MasterKeys.generate()}, "k")))
+    agent = AgentConfig(name="h", model="echo", channels=("tg",), history_messages=2, compact_after=3)
+    service = ConversationService(redis, namespace, Model(), {"h": agent}, sealer=sealer)
+    ch = telegram(platform, session)
+    for n in range(1, 4):
+        await service.receive(ch, message("S", n, f"my account number is 99-{n}"))
+        await service.idle()
+    assert platform.sent[-1]["text"] == "echo: my account number is 99-3"  # the conversation still works
+    stored = ""
+    for key in await redis.keys(f"{namespace}:conv:*"):
+        kind = await redis.type(key)
+        stored += str(await redis.lrange(key, 0, -1) if kind == "list" else await redis.get(key))
+    assert "account number" not in stored and "SUMMARY" not in stored and "enc:v1:" in stored
+    history = await service.history("tg", "S", tenant="acme")
+    assert history[-1] == {"role": "assistant", "content": "echo: my account number is 99-3"}
