@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.encryption import TEXT_PREFIX, DecryptionError
 from services.common.envelope import now_ms
 from services.common.taskstore import TaskStore, event_json
 
@@ -122,11 +123,17 @@ class WaitStore:
         """Store a signal and wake the task if it is parked; returns the task's status ("" if none,
         "too_many" if the task already holds MAX_SIGNALS other names)."""
         event = event_json(task_id, "task.signal", data={"name": name})
+        where = f"task:{task_id}:signal:{name}"
+        body = json.dumps(payload, ensure_ascii=False)
+        if (
+            self._store.sealer is not None
+        ):  # encryption at rest: the payload may be as sensitive as the inputs
+            body = await self._store.sealer.seal_text(tenant, body, where)
         reply = await self._signal(
             keys=self._keys(tenant, task_id),
             args=[
                 name,
-                json.dumps(payload, ensure_ascii=False),
+                body,
                 event,
                 str(now_ms()),
                 str(self._store.result_ttl_s),
@@ -139,7 +146,16 @@ class WaitStore:
     async def signals(self, tenant: str, task_id: str) -> dict[str, Any]:
         """Every signal stored for a task, by name."""
         raw: dict[str, str] = await self._redis.hgetall(self._keys(tenant, task_id)[2])  # type: ignore[misc]
-        return {str(k): json.loads(v) for k, v in raw.items()}
+        out: dict[str, Any] = {}
+        for name, value in raw.items():
+            if value.startswith(TEXT_PREFIX):
+                if self._store.sealer is None:
+                    raise DecryptionError(
+                        f"task:{task_id}:signal:{name}: sealed, but no master key is configured"
+                    )
+                value = await self._store.sealer.open_text(tenant, value, f"task:{task_id}:signal:{name}")
+            out[str(name)] = json.loads(value)
+        return out
 
     async def due(self, *, limit: int = 100, lease_ms: int = 30_000) -> list[tuple[str, str]]:
         """Members due now, leased to this caller for ``lease_ms``: (member, the lease score to unpark with)."""

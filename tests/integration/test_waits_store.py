@@ -103,3 +103,18 @@ async def test_a_task_flagged_for_cancellation_while_running_is_due_at_once_when
     assert [m for m, _ in await waits.due()] == ["acme/t1"]
     claim = await store.claim(TENANT, "t1", attempt=1, owner="w2")
     assert claim.outcome == "cancel_requested"
+
+
+async def test_signal_payloads_are_sealed_at_rest_with_master_keys(redis: Redis, namespace: str) -> None:
+    from services.common.encryption import Keyring, MasterKeys, Sealer
+
+    sealer = Sealer(Keyring(redis, namespace, MasterKeys({"k": MasterKeys.generate()}, "k")))
+    sealed_store = TaskStore(redis, namespace, result_ttl_s=600, sealer=sealer)
+    await running_task(sealed_store, "t-sealed")
+    waits = WaitStore(sealed_store)
+    await waits.signal("acme", "t-sealed", "approval", {"approved_by": "Grace Hopper", "budget": 1200})
+    raw = await redis.hgetall(f"{sealed_store.task_key('acme', 't-sealed')}:signals")
+    assert raw and "Grace Hopper" not in str(raw) and str(raw["approval"]).startswith("enc:v1:")
+    assert await waits.signals("acme", "t-sealed") == {
+        "approval": {"approved_by": "Grace Hopper", "budget": 1200}
+    }
