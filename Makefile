@@ -68,5 +68,8 @@ bench-router: ## our router vs the LiteLLM proxy (installed into .bench/ by the 
 	$(PIP) install -q -e '.[dev,bench]'
 	$(PY) -m bench.router
 
+certs: ## development CA and one certificate per service for mutual TLS, into var/certs (idempotent)
+	$(PY) -m openclaw.certs --out var/certs
+
 clean:
 	rm -rf .venv openclaw/v1/*_pb2*.py openclaw/v1/*_pb2*.pyi .pytest_cache .mypy_cache

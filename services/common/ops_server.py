@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -13,8 +14,11 @@ Readiness = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
 class OpsServer:
     """Serves liveness, readiness and Prometheus metrics on its own port."""
 
-    def __init__(self, host: str, port: int, readiness: Readiness) -> None:
+    def __init__(
+        self, host: str, port: int, readiness: Readiness, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._host, self._port, self._readiness = host, port, readiness
+        self._ssl = ssl_context  # with it, HTTPS only (services.common.tls.server_context: TLS 1.3 minimum)
         self._runner: web.AppRunner | None = None
         self.port = port
 
@@ -26,7 +30,7 @@ class OpsServer:
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl)
         await site.start()
         sockets = getattr(site._server, "sockets", None)
         if sockets:

@@ -13,6 +13,7 @@ from services.common import rpc
 from services.common.breaker import AsyncBreaker
 from services.common.errors import CallerTimeoutError, OpenClawError, UnavailableError
 from services.common.hop import Hop
+from services.common.tls import TlsFiles, channel_credentials
 
 # Transparent retries of calls that never reached the router (UNAVAILABLE), per gRPC's retry policy.
 _SERVICE_CONFIG = json.dumps(
@@ -36,16 +37,21 @@ _SERVICE_CONFIG = json.dumps(
 class RouterClient:
     """Calls the router; errors come back as OpenClawError subclasses rebuilt from the gRPC status."""
 
-    def __init__(self, address: str, *, hop_name: str, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, address: str, *, hop_name: str, timeout_s: float = 120.0, tls: TlsFiles | None = None
+    ) -> None:
         self._address = address
         self._timeout = timeout_s
-        self._channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.service_config", _SERVICE_CONFIG),
-                ("grpc.enable_retries", 1),
-                ("grpc.keepalive_time_ms", 30000),
-            ],
+        options = [
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+            ("grpc.keepalive_time_ms", 30000),
+        ]
+        # With tls, mutual TLS: the router is verified against our CA and sees our certificate.
+        self._channel = (
+            grpc.aio.secure_channel(address, channel_credentials(tls), options=options)
+            if tls is not None
+            else grpc.aio.insecure_channel(address, options=options)
         )
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         # A router that rejects our input must not open the breaker; only unavailability should.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,13 @@ class CommonSettings(BaseSettings):
     # data keys. Off when unset: there is no development default, a public key would only pretend to protect.
     master_keys: SecretStr = SecretStr("")
     master_key_id: str = ""
+    # Mutual TLS between the services (docs/security.md): PEM files of this service's certificate and key and of
+    # the CA every service's certificate chains to; all three or none. tls_required refuses to start without them
+    # (production), so a missing variable cannot silently fall back to plaintext.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_required: bool = False
 
     def audit_key_bytes(self) -> bytes:
         """The audit chains' HMAC key (the development key when none is configured)."""
@@ -47,6 +55,19 @@ class CommonSettings(BaseSettings):
         if not raw:
             return None
         return MasterKeys(json.loads(raw), self.master_key_id)
+
+    @model_validator(mode="after")
+    def _tls_files_complete(self) -> CommonSettings:
+        files = {
+            "OPENCLAW_TLS_CERT": self.tls_cert,
+            "OPENCLAW_TLS_KEY": self.tls_key,
+            "OPENCLAW_TLS_CA": self.tls_ca,
+        }
+        missing = [name for name, path in files.items() if path is None]
+        if missing and (self.tls_required or len(missing) < len(files)):
+            why = "OPENCLAW_TLS_REQUIRED is set" if self.tls_required else "mutual TLS needs all three files"
+            raise ValueError(f"{', '.join(missing)}: required ({why})")
+        return self
 
     @model_validator(mode="after")
     def _master_keys_valid(self) -> CommonSettings:

@@ -12,6 +12,7 @@ import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from redis.asyncio import Redis
 
+from services.common import tls
 from services.common.audit import AuditLog
 from services.common.encryption import Keyring, Sealer
 from services.common.hop import Hop
@@ -66,7 +67,13 @@ class ExecutorApp:
         self.worker: Worker | None = None
         self.governance: Governance | None = None
         self.sealer: Sealer | None = None
-        self.ops = OpsServer(settings.metrics_host, settings.metrics_port, self.readiness)
+        # Mutual TLS to the router (None when off); bad files stop start-up here, naming the variable.
+        self.tls = tls.load(settings)
+        # Probes and scrapers without a client certificate are let in: the ops port serves no tenant's data.
+        ops_tls = tls.server_context(self.tls, require_client_cert=False) if self.tls else None
+        self.ops = OpsServer(
+            settings.metrics_host, settings.metrics_port, self.readiness, ssl_context=ops_tls
+        )
         self._started = False
 
     @property
@@ -89,7 +96,9 @@ class ExecutorApp:
         )
         self.publisher = TaskPublisher(self.connection, self.topology)
         self.router = self._router_override or self._own(
-            RouterClient(s.router_addr, hop_name="executor.router", timeout_s=s.router_timeout_s)
+            RouterClient(
+                s.router_addr, hop_name="executor.router", timeout_s=s.router_timeout_s, tls=self.tls
+            )
         )
         self.http = self._http_override or self._own(
             HttpClient(
@@ -99,6 +108,7 @@ class ExecutorApp:
                 s3_max_threads=s.s3_max_threads,
             )
         )
+        self.sealer = _sealer(s, self.redis)
         services = OpServices(
             storage_root=storage_root,
             credentials=s.credentials,
@@ -109,9 +119,9 @@ class ExecutorApp:
             redis=self.redis,
             amqp=self.connection,
             namespace=s.namespace,
+            sealer=self.sealer,
         )
         self.governance = await self._start_governance(self.redis)
-        self.sealer = _sealer(s, self.redis)
         engine = Engine(
             self.catalogue, services, max_output_bytes=s.max_output_bytes, governance=self.governance
         )

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from aio_pika.abc import AbstractConnection
     from redis.asyncio import Redis
 
+    from services.common.encryption import Sealer
     from services.executor.dsl import Workflow
     from services.executor.ops.http import HttpClient
 
@@ -42,6 +43,8 @@ class OpServices:
     redis: Redis | None = None
     amqp: AbstractConnection | None = None
     namespace: str = "openclaw"
+    # With master keys configured: seals the files operations write (services.executor.ops.storage).
+    sealer: Sealer | None = None
 
     def credential(self, name: str) -> Mapping[str, str]:
         """A named credential set from the executor's settings."""

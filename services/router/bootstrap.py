@@ -11,7 +11,7 @@ from grpc_health.v1 import health
 from opentelemetry import trace
 from redis.asyncio import Redis
 
-from services.common import rpc
+from services.common import rpc, tls
 from services.common.ops_server import OpsServer
 from services.router.pipeline import Pipeline, build_pipeline
 from services.router.providers import HttpPool, ProviderAdapter, build_adapters
@@ -67,6 +67,8 @@ class RouterApp:
         shared: SharedState | None = None,
     ) -> None:
         self.settings = settings
+        # Mutual TLS (None when off); bad files stop the build with a message naming the variable.
+        self.tls = tls.load(settings)
         self.registry = registry
         self.router = router
         self.pool = pool
@@ -108,20 +110,29 @@ class RouterApp:
 
     async def start(self) -> None:
         """Open the HTTP pool, bind and start the gRPC server and the ops endpoint."""
+        tls_files = self.tls
         await self.pool.start()
         await self.shared.start()  # the shared table and breakers are in force before the first call
         server = grpc.aio.server(options=_SERVER_OPTIONS)
         add_to_server(self.servicer, server)
         self._health = rpc.add_health_and_reflection(server, [SERVICE])
         try:
-            port = server.add_insecure_port(self.settings.listen)
+            port = (
+                server.add_secure_port(self.settings.listen, tls.server_credentials(tls_files))
+                if tls_files is not None
+                else server.add_insecure_port(self.settings.listen)
+            )
         except RuntimeError as exc:
             await self.pool.close()
             raise RuntimeError(f"cannot listen on {self.settings.listen}: {exc}") from exc
         await server.start()
         self.server, self._port = server, port
         if self._ops_enabled:
-            ops = OpsServer(self.settings.metrics_host, self.settings.metrics_port, self._readiness)
+            # Probes and scrapers without a client certificate are let in: the ops port serves no tenant's data.
+            context = tls.server_context(tls_files, require_client_cert=False) if tls_files else None
+            ops = OpsServer(
+                self.settings.metrics_host, self.settings.metrics_port, self._readiness, ssl_context=context
+            )
             try:
                 await ops.start()
             except OSError as exc:
@@ -141,6 +152,7 @@ class RouterApp:
                 "simulated": sorted(n for n, s in table.models.items() if s.simulated),
                 "version": table.version,
                 "admin": self._admin_mode(),
+                "mtls": tls_files is not None,
             },
         )
 

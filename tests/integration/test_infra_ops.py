@@ -162,6 +162,31 @@ async def test_keys_are_listed_a_page_at_a_time(kv: OpContext) -> None:
     assert set(everything["keys"]) == names | {"other"}
 
 
+async def test_values_are_sealed_at_rest_with_master_keys(
+    tmp_path: Path, redis: Redis, namespace: str
+) -> None:
+    from services.common.encryption import Keyring, MasterKeys, Sealer
+
+    sealer = Sealer(Keyring(redis, namespace, MasterKeys({"k": MasterKeys.generate()}, "k")))
+    ctx = ctx_for(tmp_path, redis=redis, namespace=namespace, sealer=sealer)
+    await run_op("kv_set", {"key": "card", "value": {"pan": "4111-1111"}}, ctx)
+    await run_op("kv_list_push", {"key": "notes", "values": ["secret note"]}, ctx)
+    await run_op("kv_hash_set", {"key": "profile", "fields": {"ssn": "078-05-1120"}}, ctx)
+    stored = [
+        await redis.get(f"{namespace}:acme:kv:card"),
+        await redis.lrange(f"{namespace}:acme:kv:notes", 0, -1),
+        await redis.hgetall(f"{namespace}:acme:kv:profile"),
+    ]
+    assert "4111" not in str(stored) and "secret note" not in str(stored) and "078-05" not in str(stored)
+    assert await run_op("kv_get", {"key": "card"}, ctx) == {"pan": "4111-1111"}
+    assert await run_op("kv_list_range", {"key": "notes"}, ctx) == ["secret note"]
+    assert await run_op("kv_hash_get", {"key": "profile"}, ctx) == {"ssn": "078-05-1120"}
+    # A sealed value copied under another key does not open: values are bound to their key.
+    await redis.set(f"{namespace}:acme:kv:copy", str(await redis.get(f"{namespace}:acme:kv:card")))
+    with pytest.raises(Exception, match="integrity"):
+        await run_op("kv_get", {"key": "copy"}, ctx)
+
+
 async def test_redis_out_of_reach_is_a_retryable_error(tmp_path: Path) -> None:
     down = open_redis("redis://127.0.0.1:1/0")
     try:

@@ -34,7 +34,8 @@ from services.executor.ops._archiving import (
 )
 from services.executor.ops.base import Params, operation
 from services.executor.ops.filesystem import destination, place, temporary
-from services.executor.ops.paths import open_confined, relative_name, resolve_path
+from services.executor.ops.paths import relative_name, resolve_path
+from services.executor.ops.storage import Vault, vault
 
 _CHUNK = 1024 * 1024
 _ARCHIVE = Field(min_length=1, max_length=1024, description="The archive, relative to the tenant's root.")
@@ -47,9 +48,9 @@ _COMPRESSION = {
 
 
 @contextmanager
-def _open_zip(root: Path, relative: str) -> Iterator[tuple[Path, zipfile.ZipFile]]:
+def _open_zip(root: Path, relative: str, box: Vault) -> Iterator[tuple[Path, zipfile.ZipFile]]:
     path = resolve_path(root, relative)
-    with os.fdopen(open_confined(path, os.O_RDONLY), "rb") as f:  # ZipFile leaves a given file open
+    with box.reader(path, relative) as f:  # ZipFile leaves a given file open
         try:
             zf = zipfile.ZipFile(f)
         except (zipfile.BadZipFile, OSError) as exc:
@@ -75,41 +76,39 @@ class ZipCreateParams(Params):
     max_bytes: int = MAX_BYTES
 
 
-def _zip_create(root: Path, p: ZipCreateParams) -> dict[str, Any]:
+def _zip_create(root: Path, p: ZipCreateParams, box: Vault) -> dict[str, Any]:
     dest = destination(root, p.path, p.overwrite, param="path")
     sources = gather(root, p.sources, p.base, exclude=dest, max_entries=p.max_entries, max_bytes=p.max_bytes)
     temp, fd = temporary(dest, param="path")
+    archived = 0  # of the plaintext: sealed sources are read decrypted
     try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", compression=_COMPRESSION[p.compression]) as zf:
-            for source in sources:
-                if source.is_dir:
-                    zf.write(source.path, source.name + "/")
-                    continue
-                with os.fdopen(open_confined(source.path, os.O_RDONLY, param="sources"), "rb") as src:
-                    info = zipfile.ZipInfo.from_file(source.path, source.name)
-                    info.compress_type = _COMPRESSION[p.compression]
-                    with zf.open(info, "w", force_zip64=source.size > 2**31) as out:
-                        while chunk := src.read(_CHUNK):
-                            out.write(chunk)
+        with box.writer(fd) as f:
+            with zipfile.ZipFile(f, "w", compression=_COMPRESSION[p.compression]) as zf:
+                for source in sources:
+                    if source.is_dir:
+                        zf.write(source.path, source.name + "/")
+                        continue
+                    with box.reader(source.path, source.name, param="sources") as src:
+                        info = zipfile.ZipInfo.from_file(source.path, source.name)
+                        info.compress_type = _COMPRESSION[p.compression]
+                        with zf.open(info, "w", force_zip64=source.size > 2**31) as out:
+                            while chunk := src.read(_CHUNK):
+                                archived += len(chunk)
+                                out.write(chunk)
+            size = f.tell()  # the archive's own size, before sealing
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    size = temp.stat().st_size
     place(temp, dest, p.overwrite, param="path")
     files = sum(1 for s in sources if not s.is_dir)
-    return {
-        "path": relative_name(root, dest),
-        "files": files,
-        "bytes": sum(s.size for s in sources),
-        "size": size,
-    }
+    return {"path": relative_name(root, dest), "files": files, "bytes": archived, "size": size}
 
 
 @operation("zip_create", category="archives", params=ZipCreateParams)
 async def zip_create(p: ZipCreateParams, ctx: OpContext) -> dict[str, Any]:
     """Create a zip archive from files, directories and glob patterns in the tenant's storage (no symlinks);
     returns its path, file count, bytes archived and archive size."""
-    return await asyncio.to_thread(_zip_create, ctx.tenant_root, p)
+    return await asyncio.to_thread(_zip_create, ctx.tenant_root, p, vault(ctx))
 
 
 # -- zip_list -----------------------------------------------------------------------------------------
@@ -132,8 +131,8 @@ def _zip_kind(info: zipfile.ZipInfo) -> str:
     return "file"
 
 
-def _zip_list(root: Path, p: ZipListParams) -> dict[str, Any]:
-    with _open_zip(root, p.path) as (path, zf):
+def _zip_list(root: Path, p: ZipListParams, box: Vault) -> dict[str, Any]:
+    with _open_zip(root, p.path, box) as (path, zf):
         infos = zf.infolist()
         entries = [
             {
@@ -157,7 +156,7 @@ def _zip_list(root: Path, p: ZipListParams) -> dict[str, Any]:
 @operation("zip_list", category="archives", params=ZipListParams)
 async def zip_list(p: ZipListParams, ctx: OpContext) -> dict[str, Any]:
     """List a zip archive's members (name, type, size, compressed size, mtime) without extracting them."""
-    return await asyncio.to_thread(_zip_list, ctx.tenant_root, p)
+    return await asyncio.to_thread(_zip_list, ctx.tenant_root, p, vault(ctx))
 
 
 # -- zip_extract --------------------------------------------------------------------------------------
@@ -190,7 +189,7 @@ def _zip_members(zf: zipfile.ZipFile, budget: Budget) -> list[tuple[zipfile.ZipI
 
 
 def _zip_unpack(
-    zf: zipfile.ZipFile, members: list[tuple[zipfile.ZipInfo, str]], limit: int, staging: Path
+    zf: zipfile.ZipFile, members: list[tuple[zipfile.ZipInfo, str]], limit: int, staging: Path, box: Vault
 ) -> None:
     written = 0
     for info, name in members:
@@ -199,7 +198,8 @@ def _zip_unpack(
             target.mkdir(parents=True, exist_ok=True)
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        with zf.open(info) as src, open(target, "wb") as out:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        with zf.open(info) as src, box.writer(fd) as out:  # sealed before it touches the disk
             while chunk := src.read(_CHUNK):
                 written += len(chunk)
                 if written > limit:  # declared sizes were checked; this guards against ones that lie
@@ -209,8 +209,8 @@ def _zip_unpack(
                 out.write(chunk)
 
 
-def _zip_extract(root: Path, p: ZipExtractParams) -> dict[str, Any]:
-    with _open_zip(root, p.path) as (path, zf):
+def _zip_extract(root: Path, p: ZipExtractParams, box: Vault) -> dict[str, Any]:
+    with _open_zip(root, p.path, box) as (path, zf):
         members = _zip_members(zf, Budget(p.max_entries, p.max_bytes))
         names = [name for info, name in members if not info.is_dir()]
         try:
@@ -219,7 +219,7 @@ def _zip_extract(root: Path, p: ZipExtractParams) -> dict[str, Any]:
                 p.destination,
                 names,
                 p.overwrite,
-                lambda staging: _zip_unpack(zf, members, p.max_bytes, staging),
+                lambda staging: _zip_unpack(zf, members, p.max_bytes, staging, box),
             )
         except (zipfile.BadZipFile, zlib.error, EOFError, NotADirectoryError, FileExistsError) as exc:
             raise InvalidInputError(f"path: {p.path!r} could not be extracted: {exc}", param="path") from exc
@@ -230,7 +230,7 @@ def _zip_extract(root: Path, p: ZipExtractParams) -> dict[str, Any]:
 async def zip_extract(p: ZipExtractParams, ctx: OpContext) -> dict[str, Any]:
     """Extract a zip archive into a directory of the tenant's storage, refusing unsafe names, symlinks and
     archives over max_entries/max_bytes; returns the destination and number of files."""
-    return await asyncio.to_thread(_zip_extract, ctx.tenant_root, p)
+    return await asyncio.to_thread(_zip_extract, ctx.tenant_root, p, vault(ctx))
 
 
 # -- gzip_compress, gzip_decompress -------------------------------------------------------------------
@@ -245,24 +245,24 @@ class GzipCompressParams(Params):
     overwrite: bool = Field(False, description="Replace an existing destination.")
 
 
-def _gzip(root: Path, p: GzipCompressParams) -> dict[str, Any]:
+def _gzip(root: Path, p: GzipCompressParams, box: Vault) -> dict[str, Any]:
     source = resolve_path(root, p.path)
     dest = destination(root, p.destination or f"{p.path}.gz", p.overwrite)
     original = 0
     temp, fd = temporary(dest)
     try:
         with (
-            os.fdopen(open_confined(source, os.O_RDONLY), "rb") as src,
-            os.fdopen(fd, "wb") as raw,
-            gzip.GzipFile(filename=source.name, mode="wb", fileobj=raw, compresslevel=p.level) as out,
+            box.reader(source, p.path) as src,
+            box.writer(fd) as raw,
         ):
-            while chunk := src.read(_CHUNK):
-                original += len(chunk)
-                out.write(chunk)
+            with gzip.GzipFile(filename=source.name, mode="wb", fileobj=raw, compresslevel=p.level) as out:
+                while chunk := src.read(_CHUNK):
+                    original += len(chunk)
+                    out.write(chunk)
+            size = raw.tell()  # the compressed size, before sealing
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    size = temp.stat().st_size
     place(temp, dest, p.overwrite)
     return {"path": relative_name(root, dest), "size": size, "original_size": original}
 
@@ -271,7 +271,7 @@ def _gzip(root: Path, p: GzipCompressParams) -> dict[str, Any]:
 async def gzip_compress(p: GzipCompressParams, ctx: OpContext) -> dict[str, Any]:
     """Gzip a file of the tenant's storage (to path + '.gz' by default); returns the new path, its size and
     the original size."""
-    return await asyncio.to_thread(_gzip, ctx.tenant_root, p)
+    return await asyncio.to_thread(_gzip, ctx.tenant_root, p, vault(ctx))
 
 
 class GzipDecompressParams(Params):
@@ -288,7 +288,7 @@ class GzipDecompressParams(Params):
     )
 
 
-def _gunzip(root: Path, p: GzipDecompressParams) -> dict[str, Any]:
+def _gunzip(root: Path, p: GzipDecompressParams, box: Vault) -> dict[str, Any]:
     if p.destination is None and not p.path.endswith(".gz"):
         raise InvalidInputError(
             f"destination: required, as {p.path!r} does not end in '.gz'", param="destination"
@@ -299,8 +299,8 @@ def _gunzip(root: Path, p: GzipDecompressParams) -> dict[str, Any]:
     temp, fd = temporary(dest)
     try:
         with (
-            os.fdopen(open_confined(source, os.O_RDONLY), "rb") as raw,
-            os.fdopen(fd, "wb") as out,
+            box.reader(source, p.path) as raw,
+            box.writer(fd) as out,
             gzip.GzipFile(fileobj=raw, mode="rb") as src,
         ):
             while chunk := src.read(_CHUNK):
@@ -318,14 +318,15 @@ def _gunzip(root: Path, p: GzipDecompressParams) -> dict[str, Any]:
         temp.unlink(missing_ok=True)
         raise
     place(temp, dest, p.overwrite)
-    return {"path": relative_name(root, dest), "size": written, "compressed_size": source.stat().st_size}
+    compressed = box.plain_size(source, source.stat().st_size)
+    return {"path": relative_name(root, dest), "size": written, "compressed_size": compressed}
 
 
 @operation("gzip_decompress", category="archives", params=GzipDecompressParams)
 async def gzip_decompress(p: GzipDecompressParams, ctx: OpContext) -> dict[str, Any]:
     """Decompress a .gz file of the tenant's storage, refusing output over max_bytes; returns the new path,
     its size and the compressed size."""
-    return await asyncio.to_thread(_gunzip, ctx.tenant_root, p)
+    return await asyncio.to_thread(_gunzip, ctx.tenant_root, p, vault(ctx))
 
 
 OPERATIONS = (zip_create, zip_list, zip_extract, gzip_compress, gzip_decompress)

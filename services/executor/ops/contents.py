@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from services.executor.context import OpContext
 from services.executor.ops.base import Params, input_or_prev, operation
 from services.executor.ops.files import FileWriteParams, encode_content
 from services.executor.ops.paths import open_confined, relative_name, resolve_path
+from services.executor.ops.storage import Vault, vault
 
 _CHUNK = 1024 * 1024
 _PATH = Field(min_length=1, max_length=1024, description="Path relative to the tenant's storage root.")
@@ -30,11 +32,12 @@ class FileChecksumParams(Params):
     )
 
 
-def _checksum(root: Path, relative: str, algorithm: str) -> dict[str, Any]:
+def _checksum(root: Path, relative: str, algorithm: str, box: Vault) -> dict[str, Any]:
     target = resolve_path(root, relative)
     digest = hashlib.new(algorithm)
     size = 0
-    with os.fdopen(open_confined(target, os.O_RDONLY), "rb") as f:
+    # The hash and size are of the plaintext: a sealed file is decrypted first.
+    with box.reader(target, relative) as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
@@ -50,7 +53,7 @@ def _checksum(root: Path, relative: str, algorithm: str) -> dict[str, Any]:
 async def file_checksum(p: FileChecksumParams, ctx: OpContext) -> dict[str, Any]:
     """Hash a file's bytes (sha256 by default; sha512, sha1, md5, blake2b, sha3_256); returns path,
     algorithm, hex digest and size."""
-    return await asyncio.to_thread(_checksum, ctx.tenant_root, p.path, p.algorithm)
+    return await asyncio.to_thread(_checksum, ctx.tenant_root, p.path, p.algorithm, vault(ctx))
 
 
 # -- file_read_lines ----------------------------------------------------------------------------------
@@ -82,9 +85,9 @@ def _lines(f: Any, max_bytes: int, relative: str) -> Any:
         yield line
 
 
-def _read_lines(root: Path, p: FileReadLinesParams, max_bytes: int) -> dict[str, Any]:
+def _read_lines(root: Path, p: FileReadLinesParams, max_bytes: int, box: Vault) -> dict[str, Any]:
     target = resolve_path(root, p.path)
-    with os.fdopen(open_confined(target, os.O_RDONLY), "rb") as f:
+    with box.reader(target, p.path) as f:
         first, total = p.start, 0
         if p.from_end:  # a counting pass first, so memory never holds more than the lines returned
             total = sum(1 for _ in _lines(f, max_bytes, p.path))
@@ -126,7 +129,7 @@ def _read_lines(root: Path, p: FileReadLinesParams, max_bytes: int) -> dict[str,
 async def file_read_lines(p: FileReadLinesParams, ctx: OpContext) -> dict[str, Any]:
     """Read a range of lines of a text file (from the start or, with from_end, the end); returns the lines,
     the number of the first one and whether more lines lie beyond the range."""
-    return await asyncio.to_thread(_read_lines, ctx.tenant_root, p, ctx.services.max_output_bytes)
+    return await asyncio.to_thread(_read_lines, ctx.tenant_root, p, ctx.services.max_output_bytes, vault(ctx))
 
 
 # -- file_append_lines --------------------------------------------------------------------------------
@@ -142,12 +145,14 @@ class FileAppendLinesParams(Params):
     )
 
 
-def _append(root: Path, relative: str, lines: list[str]) -> dict[str, Any]:
+def _append(root: Path, relative: str, lines: list[str], box: Vault) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     target = resolve_path(root, relative)
     target.parent.mkdir(parents=True, exist_ok=True)
     target = resolve_path(root, relative)
     data = "".join(f"{line}\n" for line in lines).encode()
+    if box.sealed:
+        return _append_sealed(root, relative, target, data, len(lines), box)
     fd = open_confined(target, os.O_RDWR | os.O_CREAT | os.O_APPEND)
     with os.fdopen(fd, "r+b") as f:
         size = os.fstat(fd).st_size
@@ -161,6 +166,24 @@ def _append(root: Path, relative: str, lines: list[str]) -> dict[str, Any]:
     return {"path": relative_name(root, target), "appended": len(lines), "size": size}
 
 
+def _append_sealed(
+    root: Path, relative: str, target: Path, data: bytes, count: int, box: Vault
+) -> dict[str, Any]:
+    """Append to a sealed file: one blob, so it is rewritten whole beside the target and moved into place."""
+    old = box.read_all(target, relative) if os.path.lexists(target) else b""
+    if old and not old.endswith(b"\n"):  # a last line without its newline: end that line first
+        data = b"\n" + data
+    whole = old + data
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with box.writer(open_confined(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)) as f:
+            f.write(whole)
+        os.replace(temp, resolve_path(root, relative))
+    finally:
+        temp.unlink(missing_ok=True)
+    return {"path": relative_name(root, target), "appended": count, "size": len(whole)}
+
+
 @operation("file_append_lines", category="files", params=FileAppendLinesParams)
 async def file_append_lines(p: FileAppendLinesParams, ctx: OpContext) -> dict[str, Any]:
     """Append lines to a text file (created if missing), ending an unterminated last line first; returns
@@ -170,7 +193,7 @@ async def file_append_lines(p: FileAppendLinesParams, ctx: OpContext) -> dict[st
         value = [value]
     if not isinstance(value, list) or not all(isinstance(line, str) for line in value):
         raise InvalidInputError("lines: must be a string or a list of strings", param="lines")
-    return await asyncio.to_thread(_append, ctx.tenant_root, p.path, value)
+    return await asyncio.to_thread(_append, ctx.tenant_root, p.path, value, vault(ctx))
 
 
 # -- file_write_if_absent -----------------------------------------------------------------------------
@@ -182,7 +205,7 @@ class FileWriteIfAbsentParams(Params):
     format: Literal["text", "json", "base64"] = "text"
 
 
-def _write_if_absent(root: Path, relative: str, data: bytes) -> dict[str, Any]:
+def _write_if_absent(root: Path, relative: str, data: bytes, box: Vault) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     target = resolve_path(root, relative)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -191,8 +214,9 @@ def _write_if_absent(root: Path, relative: str, data: bytes) -> dict[str, Any]:
         # O_EXCL fails on any existing name, a symlink included: nothing existing is ever written through.
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     except FileExistsError:
-        return {"path": relative_name(root, target), "written": False, "size": target.lstat().st_size}
-    with os.fdopen(fd, "wb") as f:
+        size = box.plain_size(target, target.lstat().st_size)
+        return {"path": relative_name(root, target), "written": False, "size": size}
+    with box.writer(fd) as f:
         f.write(data)
     return {"path": relative_name(root, target), "written": True, "size": len(data)}
 
@@ -204,7 +228,7 @@ async def file_write_if_absent(p: FileWriteIfAbsentParams, ctx: OpContext) -> di
     if p.content is None:
         raise InvalidInputError("content: required", param="content")
     data = encode_content(FileWriteParams(path=p.path, content=p.content, format=p.format, mode="create"))
-    return await asyncio.to_thread(_write_if_absent, ctx.tenant_root, p.path, data)
+    return await asyncio.to_thread(_write_if_absent, ctx.tenant_root, p.path, data, vault(ctx))
 
 
 OPERATIONS = (file_checksum, file_read_lines, file_append_lines, file_write_if_absent)

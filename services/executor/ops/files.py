@@ -32,6 +32,7 @@ from services.executor.ops import s3
 from services.executor.ops.base import Params, operation, scoped_credential
 from services.executor.ops.http import auth_headers, is_textual, status_error
 from services.executor.ops.paths import open_confined, relative_name, resolve_path
+from services.executor.ops.storage import Vault, vault
 
 TEXT_PREVIEW_BYTES = 64 * 1024
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
@@ -67,11 +68,10 @@ class FileReadParams(Params):
     )
 
 
-def _read(root: Path, relative: str, max_bytes: int, fmt: str) -> dict[str, Any]:
+def _read(root: Path, relative: str, max_bytes: int, fmt: str, box: Vault) -> dict[str, Any]:
     """The whole of file_read, off the event loop: read, hash, decode, parse."""
     target = resolve_path(root, relative)
-    fd = open_confined(target, os.O_RDONLY)
-    with os.fdopen(fd, "rb") as f:
+    with box.reader(target, relative) as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise PayloadTooLargeError(
@@ -106,7 +106,7 @@ async def file_read(p: FileReadParams, ctx: OpContext) -> dict[str, Any]:
     # only end in payload_too_large, after the work and memory are spent.
     ceiling = ctx.services.max_output_bytes
     limit = min(p.max_bytes or ceiling, ceiling)
-    return await asyncio.to_thread(_read, ctx.tenant_root, p.path, limit, p.format)
+    return await asyncio.to_thread(_read, ctx.tenant_root, p.path, limit, p.format, vault(ctx))
 
 
 # -- file_write ---------------------------------------------------------------------------------------
@@ -142,16 +142,26 @@ def encode_content(p: FileWriteParams) -> bytes:
     return p.content.encode()
 
 
-def _write(root: Path, relative: str, data: bytes, mode: str) -> str:
+def _write(root: Path, relative: str, data: bytes, mode: str, box: Vault) -> str:
     root.mkdir(parents=True, exist_ok=True)
     target = resolve_path(root, relative)
     target.parent.mkdir(parents=True, exist_ok=True)
     # The parents were created inside the root; check again in case one was a symlink planted meanwhile.
     target = resolve_path(root, relative)
+    if box.sealed and mode == "append" and os.path.lexists(target):
+        # A sealed file is one blob: appending rewrites it whole, beside the target and moved into place.
+        data = box.read_all(target, relative) + data
+        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            with box.writer(open_confined(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)) as f:
+                f.write(data)
+            os.replace(temp, resolve_path(root, relative))
+        finally:
+            temp.unlink(missing_ok=True)
+        return relative_name(root, target)
     flags = os.O_WRONLY | os.O_CREAT
     flags |= {"overwrite": os.O_TRUNC, "append": os.O_APPEND, "create": os.O_EXCL}[mode]
-    fd = open_confined(target, flags)
-    with os.fdopen(fd, "wb") as f:
+    with box.writer(open_confined(target, flags)) as f:
         f.write(data)
     return relative_name(root, target)
 
@@ -161,7 +171,7 @@ async def file_write(p: FileWriteParams, ctx: OpContext) -> dict[str, Any]:
     """Write text, JSON or base64-decoded bytes to a file in the tenant's storage; returns path, size and
     sha256 of what was written."""
     data = encode_content(p)
-    rel = await asyncio.to_thread(_write, ctx.tenant_root, p.path, data, p.mode)
+    rel = await asyncio.to_thread(_write, ctx.tenant_root, p.path, data, p.mode, vault(ctx))
     return {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
@@ -196,9 +206,11 @@ def default_name(url: str) -> str:
 class Sink:
     """A temporary file beside the target, renamed into place when complete; hashes as it goes."""
 
-    def __init__(self, root: Path, relative: str, limit: int) -> None:
+    def __init__(self, root: Path, relative: str, limit: int, box: Vault) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        self.root, self.relative, self.limit = root, relative, limit
+        self.root, self.relative, self.limit, self.box = root, relative, limit, box
+        # Sealed downloads are kept in memory (at most limit bytes) and sealed whole at commit.
+        self.buffer = bytearray()
         self.target = resolve_path(root, relative)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.temp = self.target.with_name(f".{self.target.name}.{uuid.uuid4().hex[:8]}.part")
@@ -214,9 +226,16 @@ class Sink:
         self.sha.update(chunk)
         if len(self.head) <= TEXT_PREVIEW_BYTES:
             self.head += chunk[: TEXT_PREVIEW_BYTES + 1 - len(self.head)]
-        os.write(self._fd, chunk)
+        if self.box.sealed:
+            self.buffer += chunk
+        else:
+            os.write(self._fd, chunk)
 
     def commit(self) -> str:
+        if self.box.sealed:
+            blob = memoryview(self.box.seal(bytes(self.buffer)))
+            while blob:
+                blob = blob[os.write(self._fd, blob) :]
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
@@ -240,7 +259,7 @@ async def file_download(p: FileDownloadParams, ctx: OpContext) -> dict[str, Any]
     http = ctx.services.require_http() if scheme != "s3" else ctx.services.http
     cap = http.max_bytes if http is not None else DEFAULT_MAX_BYTES
     limit = min(p.max_bytes or cap, cap)
-    sink = await asyncio.to_thread(Sink, ctx.tenant_root, relative, limit)
+    sink = await asyncio.to_thread(Sink, ctx.tenant_root, relative, limit, vault(ctx))
     try:
         if scheme == "s3":
             content_type = await _s3_download(p, ctx, sink)

@@ -31,6 +31,7 @@ from services.executor.ops.paths import (
     resolve_path,
     walk,
 )
+from services.executor.ops.storage import plain_size
 
 _PATH = Field(min_length=1, max_length=1024, description="Path relative to the tenant's storage root.")
 
@@ -69,7 +70,7 @@ class FileTouchParams(Params):
     path: str = _PATH
 
 
-def _touch(root: Path, relative: str) -> dict[str, Any]:
+def _touch(root: Path, relative: str, sealed: bool) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     target = resolve_path(root, relative)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +82,7 @@ def _touch(root: Path, relative: str) -> dict[str, Any]:
         size = os.fstat(fd).st_size
     finally:
         os.close(fd)
+    size = plain_size(target, size) if sealed else size  # of the plaintext, like file_stat
     return {"path": relative_name(root, target), "created": not existed, "size": size}
 
 
@@ -88,7 +90,7 @@ def _touch(root: Path, relative: str) -> dict[str, Any]:
 async def file_touch(p: FileTouchParams, ctx: OpContext) -> dict[str, Any]:
     """Create an empty file (and its parents) or set an existing file's mtime to now; returns path, created
     and size."""
-    return await asyncio.to_thread(_touch, ctx.tenant_root, p.path)
+    return await asyncio.to_thread(_touch, ctx.tenant_root, p.path, ctx.services.sealer is not None)
 
 
 # -- file_copy, file_move -----------------------------------------------------------------------------

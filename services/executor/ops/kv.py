@@ -18,6 +18,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from services.common.encryption import TEXT_PREFIX
 from services.common.errors import InvalidInputError, PayloadTooLargeError, UnavailableError
 from services.common.taskstore import check_tenant
 from services.executor.context import OpContext
@@ -54,6 +55,23 @@ def _rkey(ctx: OpContext, key: str) -> str:
         return _prefix(ctx) + check_key(key)
     except ValueError as exc:
         raise InvalidInputError(f"key: {exc}", param="key") from None
+
+
+async def _seal(text: str, ctx: OpContext, key: str) -> str:
+    """With master keys: the value sealed with the tenant's key and bound to this key (no swapping values)."""
+    sealer = ctx.services.sealer
+    return await sealer.seal_text(ctx.tenant, text, f"kv:{key}") if sealer is not None else text
+
+
+async def _open(raw: str | None, ctx: OpContext, key: str) -> Any:
+    if raw is not None and raw.startswith(TEXT_PREFIX):
+        sealer = ctx.services.sealer
+        if sealer is None:
+            raise InvalidInputError(
+                f"key: {key!r} holds a sealed value but no master key is configured", param="key"
+            )
+        raw = await sealer.open_text(ctx.tenant, raw, f"kv:{key}")
+    return _decode(raw)
 
 
 def _encode(value: Any, ctx: OpContext, param: str) -> str:
@@ -127,7 +145,7 @@ async def kv_get(p: KvGetParams, ctx: OpContext) -> Any:
     """Read a key's JSON value from the tenant's key-value store; returns the value, or `default` if absent."""
     with _errors(p.key):
         raw = await _redis(ctx).get(_rkey(ctx, p.key))
-    return p.default if raw is None else _decode(raw)
+    return p.default if raw is None else await _open(raw, ctx, p.key)
 
 
 class KvSetParams(Params):
@@ -143,7 +161,7 @@ class KvSetParams(Params):
 async def kv_set(p: KvSetParams, ctx: OpContext) -> bool:
     """Store a JSON value under a key, optionally with a TTL and only-if-absent/present; returns whether it
     was written."""
-    text = _encode(input_or_prev(p, "value", ctx), ctx, "value")
+    text = await _seal(_encode(input_or_prev(p, "value", ctx), ctx, "value"), ctx, p.key)
     with _errors(p.key):
         done = await _redis(ctx).set(
             _rkey(ctx, p.key), text, ex=p.ttl_s, nx=p.when == "absent", xx=p.when == "present"
@@ -175,7 +193,8 @@ class KvIncrParams(Params):
 
 @operation("kv_incr", category=CATEGORY, params=KvIncrParams)
 async def kv_incr(p: KvIncrParams, ctx: OpContext) -> int | float:
-    """Atomically add to a numeric key (a missing key counts as 0); returns the new value."""
+    """Atomically add to a numeric key (a missing key counts as 0); returns the new value. Counters stay plain
+    numbers in Redis even with encryption at rest (Redis does the adding)."""
     rkey = _rkey(ctx, p.key)
     with _errors(p.key):
         redis = _redis(ctx)
@@ -254,7 +273,7 @@ async def kv_list_push(p: KvListPushParams, ctx: OpContext) -> int:
         raise InvalidInputError("values: must be a non-empty list", param="values")
     if len(values) > MAX_BATCH:
         raise InvalidInputError(f"values: at most {MAX_BATCH} items per push", param="values")
-    items = [_encode(v, ctx, f"values[{i}]") for i, v in enumerate(values)]
+    items = [await _seal(_encode(v, ctx, f"values[{i}]"), ctx, p.key) for i, v in enumerate(values)]
     rkey = _rkey(ctx, p.key)
     with _errors(p.key):
         async with _redis(ctx).pipeline(transaction=True) as pipe:
@@ -291,7 +310,7 @@ async def kv_list_range(p: KvListRangeParams, ctx: OpContext) -> list[Any]:
         if stop < start:
             return []
         raw = await redis.lrange(rkey, start, stop)  # type: ignore[misc]
-    return [_decode(item) for item in raw]
+    return [await _open(item, ctx, p.key) for item in raw]
 
 
 # -- hashes ---------------------------------------------------------------------------------------------
@@ -318,7 +337,7 @@ async def kv_hash_set(p: KvHashSetParams, ctx: OpContext) -> int:
             f"fields: at most {MAX_BATCH} fields, each name at most {MAX_KEY_CHARS} characters",
             param="fields",
         )
-    mapping = {name: _encode(v, ctx, f"fields.{name}") for name, v in fields.items()}
+    mapping = {name: await _seal(_encode(v, ctx, f"fields.{name}"), ctx, p.key) for name, v in fields.items()}
     rkey = _rkey(ctx, p.key)
     with _errors(p.key):
         added = int(await _redis(ctx).hset(rkey, mapping=mapping))  # type: ignore[misc]
@@ -342,14 +361,16 @@ async def kv_hash_get(p: KvHashGetParams, ctx: OpContext) -> dict[str, Any]:
     with _errors(p.key):
         if p.fields is not None:
             values = await redis.hmget(rkey, p.fields)  # type: ignore[misc]
-            return {f: _decode(v) for f, v in zip(p.fields, values, strict=True) if v is not None}
+            return {
+                f: await _open(v, ctx, p.key) for f, v in zip(p.fields, values, strict=True) if v is not None
+            }
         size = int(await redis.hlen(rkey))  # type: ignore[misc]
         if size > MAX_BATCH:
             raise InvalidInputError(
                 f"key: {p.key!r} has {size} fields; name at most {MAX_BATCH} of them in `fields`", param="key"
             )
         raw = await redis.hgetall(rkey)  # type: ignore[misc]
-    return {f: _decode(v) for f, v in raw.items()}
+    return {f: await _open(v, ctx, p.key) for f, v in raw.items()}
 
 
 # -- listing --------------------------------------------------------------------------------------------

@@ -32,18 +32,24 @@ from services.executor.ops.paths import (
     resolve_path,
     walk,
 )
+from services.executor.ops.storage import plain_size
 
 MAX_SCANNED = 200_000
 _MAGIC = frozenset("*?[")
 _PATH = Field(min_length=1, max_length=1024, description="Path relative to the tenant's storage root.")
 
 
-def describe(root: Path, entry: Entry) -> dict[str, Any]:
-    """An entry as JSON: path, type, size (files) and mtime (ISO 8601, UTC)."""
+def size_of(entry: Entry, sealed: bool) -> int:
+    """A file's size as operations see it: of the plaintext, from a sealed file's header (no decryption)."""
+    return plain_size(entry.path, entry.st.st_size) if sealed else entry.st.st_size
+
+
+def describe(root: Path, entry: Entry, sealed: bool = False) -> dict[str, Any]:
+    """An entry as JSON: path, type, size (files, of the plaintext) and mtime (ISO 8601, UTC)."""
     return {
         "path": relative_name(root, entry.path),
         "type": entry.kind,
-        "size": entry.st.st_size if entry.kind == "file" else None,
+        "size": size_of(entry, sealed) if entry.kind == "file" else None,
         "mtime": datetime.fromtimestamp(entry.st.st_mtime, UTC).isoformat(),
     }
 
@@ -89,7 +95,7 @@ class FileListParams(Params):
     max_entries: int = Field(1000, ge=1, le=10_000, description="Most entries returned.")
 
 
-def _list(root: Path, p: FileListParams) -> dict[str, Any]:
+def _list(root: Path, p: FileListParams, sealed: bool) -> dict[str, Any]:
     start = resolve_dir(root, p.path)
     if not start.is_dir():
         if not start.exists():
@@ -102,7 +108,7 @@ def _list(root: Path, p: FileListParams) -> dict[str, Any]:
         if len(entries) == p.max_entries:
             truncated = True
             break
-        entries.append(describe(root, entry))
+        entries.append(describe(root, entry, sealed))
     return {"path": relative_name(root, start), "entries": entries, "truncated": truncated}
 
 
@@ -110,7 +116,7 @@ def _list(root: Path, p: FileListParams) -> dict[str, Any]:
 async def file_list(p: FileListParams, ctx: OpContext) -> dict[str, Any]:
     """List a directory (optionally recursively, at most max_entries) with each entry's path, type, size and
     mtime; symlinks are listed as such and never followed."""
-    return await asyncio.to_thread(_list, ctx.tenant_root, p)
+    return await asyncio.to_thread(_list, ctx.tenant_root, p, ctx.services.sealer is not None)
 
 
 # -- file_glob ----------------------------------------------------------------------------------------
@@ -177,16 +183,17 @@ def glob_entries(
     return matches, False
 
 
-def _glob(root: Path, p: FileGlobParams) -> dict[str, Any]:
+def _glob(root: Path, p: FileGlobParams, sealed: bool) -> dict[str, Any]:
     matches, truncated = glob_entries(root, p.pattern, max_results=p.max_results, files_only=p.files_only)
-    return {"pattern": p.pattern, "matches": [describe(root, e) for e in matches], "truncated": truncated}
+    described = [describe(root, e, sealed) for e in matches]
+    return {"pattern": p.pattern, "matches": described, "truncated": truncated}
 
 
 @operation("file_glob", category="files", params=FileGlobParams)
 async def file_glob(p: FileGlobParams, ctx: OpContext) -> dict[str, Any]:
     """Find files by a glob pattern inside the tenant's storage ('**' spans directories); returns the matches
     with path, type, size and mtime, never following symlinks."""
-    return await asyncio.to_thread(_glob, ctx.tenant_root, p)
+    return await asyncio.to_thread(_glob, ctx.tenant_root, p, ctx.services.sealer is not None)
 
 
 # -- file_stat, file_exists ---------------------------------------------------------------------------
@@ -196,9 +203,9 @@ class FileStatParams(Params):
     path: str = _PATH
 
 
-def _stat(root: Path, relative: str) -> dict[str, Any]:
+def _stat(root: Path, relative: str, sealed: bool) -> dict[str, Any]:
     entry = require(root, relative)
-    out = describe(root, entry)
+    out = describe(root, entry, sealed)
     out["mode"] = oct(entry.st.st_mode & 0o7777)
     if entry.kind == "symlink":
         out["target"] = relative_name(root, entry.path.resolve())
@@ -208,7 +215,7 @@ def _stat(root: Path, relative: str) -> dict[str, Any]:
 @operation("file_stat", category="files", params=FileStatParams)
 async def file_stat(p: FileStatParams, ctx: OpContext) -> dict[str, Any]:
     """Describe one file, directory or symlink: path, type, size, mtime, mode (and a symlink's target)."""
-    return await asyncio.to_thread(_stat, ctx.tenant_root, p.path)
+    return await asyncio.to_thread(_stat, ctx.tenant_root, p.path, ctx.services.sealer is not None)
 
 
 def _exists(root: Path, relative: str) -> dict[str, Any]:
@@ -231,18 +238,20 @@ class FileTreeSizeParams(Params):
     )
 
 
-def _tree_size(root: Path, relative: str | None) -> dict[str, Any]:
+def _tree_size(root: Path, relative: str | None, sealed: bool) -> dict[str, Any]:
     start = resolve_dir(root, relative)
     if not start.exists():
         raise NotFoundError(f"path: no such file or directory {relative!r}", param="path")
     if start.is_file():
-        return {"path": relative_name(root, start), "bytes": start.stat().st_size, "files": 1, "dirs": 0}
+        size = start.stat().st_size
+        size = plain_size(start, size) if sealed else size
+        return {"path": relative_name(root, start), "bytes": size, "files": 1, "dirs": 0}
     size = files = dirs = 0
     for scanned, entry in enumerate(walk(root.resolve(), start), start=1):
         _scan_limit(scanned)
         if entry.kind == "file":
             files += 1
-            size += entry.st.st_size
+            size += size_of(entry, sealed)
         elif entry.kind == "dir":
             dirs += 1
     return {"path": relative_name(root, start), "bytes": size, "files": files, "dirs": dirs}
@@ -252,7 +261,7 @@ def _tree_size(root: Path, relative: str | None) -> dict[str, Any]:
 async def file_tree_size(p: FileTreeSizeParams, ctx: OpContext) -> dict[str, Any]:
     """Total size in bytes of the regular files under a directory (symlinks not followed), with file and
     directory counts."""
-    return await asyncio.to_thread(_tree_size, ctx.tenant_root, p.path)
+    return await asyncio.to_thread(_tree_size, ctx.tenant_root, p.path, ctx.services.sealer is not None)
 
 
 OPERATIONS = (file_list, file_glob, file_stat, file_exists, file_tree_size)

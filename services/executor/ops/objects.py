@@ -26,6 +26,7 @@ from services.executor.ops import s3
 from services.executor.ops.base import Params, input_or_prev, operation
 from services.executor.ops.files import DEFAULT_MAX_BYTES, Sink
 from services.executor.ops.paths import open_confined, resolve_path
+from services.executor.ops.storage import vault
 
 # S3's own limit for one PUT or CopyObject; larger objects need multipart uploads.
 SINGLE_PUT_LIMIT = 5 * 1024**3
@@ -138,7 +139,7 @@ async def s3_get(p: S3GetParams, ctx: OpContext) -> dict[str, Any]:
         }
     http = ctx.services.http
     cap = http.max_bytes if http is not None else DEFAULT_MAX_BYTES
-    sink = await asyncio.to_thread(Sink, ctx.tenant_root, p.path, min(p.max_bytes or cap, cap))
+    sink = await asyncio.to_thread(Sink, ctx.tenant_root, p.path, min(p.max_bytes or cap, cap), vault(ctx))
     try:
         content_type = await _call(ctx, p, "S3 GetObject", p.key, s3.stream_into, p.bucket, p.key, sink)
         rel = await asyncio.to_thread(sink.commit)
@@ -225,7 +226,11 @@ async def s3_put(p: S3PutParams, ctx: OpContext) -> dict[str, Any]:
     if p.path is not None:
         if "content" in p.model_fields_set:
             raise InvalidInputError("content: give either path or content, not both", param="content")
-        body = (await asyncio.to_thread(resolve_path, ctx.tenant_root, p.path), p.path)
+        path = await asyncio.to_thread(resolve_path, ctx.tenant_root, p.path)
+        body = (path, p.path)
+        box = vault(ctx)
+        if await asyncio.to_thread(box.is_sealed_file, path):  # the object gets the plaintext
+            body = await asyncio.to_thread(box.read_all, path, p.path)
     else:
         value = input_or_prev(p, "content", ctx)
         if value is None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from services.common.errors import InvalidInputError
+from services.common.errors import InvalidInputError, PermissionDeniedError
 from services.executor.context import OpContext
 from services.executor.ops import _postgres, _sqlite
 from services.executor.ops._sql_rows import Bound, Result, Statement
@@ -86,6 +86,13 @@ async def _run(
             name=p.auth,
         )
     assert p.path is not None
+    if ctx.services.sealer is not None:
+        # SQLite needs the database as a plain file it can page through; it cannot be one sealed blob.
+        raise PermissionDeniedError(
+            "path: SQLite files in the tenant's storage are not available while files are encrypted at rest "
+            "(master keys are configured); use a PostgreSQL credential set (auth) instead",
+            param="path",
+        )
     mode: _sqlite.Mode = "ro" if read_only else ("rw" if query else "rwc")
     relative = p.path
 
