@@ -25,6 +25,7 @@ from services.common.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
 )
+from services.executor.ops.base import Params
 from services.executor.ops.listing import glob_entries
 from services.executor.ops.paths import (
     check_relative,
@@ -60,6 +61,20 @@ BASE = Field(
     max_length=1024,
     description="Directory that names inside the archive are relative to; default: the tenant's root.",
 )
+
+ARCHIVE = Field(min_length=1, max_length=1024, description="The archive, relative to the tenant's root.")
+
+
+class ExtractParams(Params):
+    """What zip_extract and tar_extract take."""
+
+    path: str = ARCHIVE
+    destination: str | None = Field(
+        None, max_length=1024, description="Directory to extract into; default: the tenant's root."
+    )
+    overwrite: bool = Field(False, description="Replace files that already exist in the destination.")
+    max_entries: int = MAX_ENTRIES
+    max_bytes: int = MAX_BYTES
 
 
 @dataclass(frozen=True)

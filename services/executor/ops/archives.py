@@ -23,11 +23,13 @@ from pydantic import Field
 from services.common.errors import InvalidInputError, PayloadTooLargeError, PermissionDeniedError
 from services.executor.context import OpContext
 from services.executor.ops._archiving import (
+    ARCHIVE,
     BASE,
     MAX_BYTES,
     MAX_ENTRIES,
     SOURCES,
     Budget,
+    ExtractParams,
     extract_staged,
     gather,
     member_name,
@@ -38,7 +40,6 @@ from services.executor.ops.paths import relative_name, resolve_path
 from services.executor.ops.storage import Vault, vault
 
 _CHUNK = 1024 * 1024
-_ARCHIVE = Field(min_length=1, max_length=1024, description="The archive, relative to the tenant's root.")
 _COMPRESSION = {
     "deflated": zipfile.ZIP_DEFLATED,
     "stored": zipfile.ZIP_STORED,
@@ -65,7 +66,7 @@ def _open_zip(root: Path, relative: str, box: Vault) -> Iterator[tuple[Path, zip
 
 
 class ZipCreateParams(Params):
-    path: str = _ARCHIVE
+    path: str = ARCHIVE
     sources: list[str] = SOURCES
     base: str | None = BASE
     compression: Literal["deflated", "stored", "bzip2", "lzma"] = Field(
@@ -115,7 +116,7 @@ async def zip_create(p: ZipCreateParams, ctx: OpContext) -> dict[str, Any]:
 
 
 class ZipListParams(Params):
-    path: str = _ARCHIVE
+    path: str = ARCHIVE
     max_entries: int = Field(1000, ge=1, le=10_000, description="Most entries returned.")
 
 
@@ -162,14 +163,7 @@ async def zip_list(p: ZipListParams, ctx: OpContext) -> dict[str, Any]:
 # -- zip_extract --------------------------------------------------------------------------------------
 
 
-class ZipExtractParams(Params):
-    path: str = _ARCHIVE
-    destination: str | None = Field(
-        None, max_length=1024, description="Directory to extract into; default: the tenant's root."
-    )
-    overwrite: bool = Field(False, description="Replace files that already exist in the destination.")
-    max_entries: int = MAX_ENTRIES
-    max_bytes: int = MAX_BYTES
+ZipExtractParams = ExtractParams
 
 
 def _zip_members(zf: zipfile.ZipFile, budget: Budget) -> list[tuple[zipfile.ZipInfo, str]]:

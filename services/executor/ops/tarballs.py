@@ -23,11 +23,13 @@ from pydantic import Field
 from services.common.errors import InvalidInputError, PermissionDeniedError
 from services.executor.context import OpContext
 from services.executor.ops._archiving import (
+    ARCHIVE,
     BASE,
     MAX_BYTES,
     MAX_ENTRIES,
     SOURCES,
     Budget,
+    ExtractParams,
     extract_staged,
     gather,
     member_name,
@@ -37,7 +39,6 @@ from services.executor.ops.filesystem import destination, place, temporary
 from services.executor.ops.paths import relative_name, resolve_path
 from services.executor.ops.storage import Vault, vault
 
-_ARCHIVE = Field(min_length=1, max_length=1024, description="The archive, relative to the tenant's root.")
 _ERRORS = (tarfile.TarError, zlib.error, EOFError, OSError)
 
 
@@ -75,7 +76,7 @@ def _kind(member: tarfile.TarInfo) -> str:
 
 
 class TarCreateParams(Params):
-    path: str = _ARCHIVE
+    path: str = ARCHIVE
     sources: list[str] = SOURCES
     base: str | None = BASE
     compression: Literal["gz", "bz2", "xz", "none"] = Field(
@@ -132,7 +133,7 @@ async def tar_create(p: TarCreateParams, ctx: OpContext) -> dict[str, Any]:
 
 
 class TarListParams(Params):
-    path: str = _ARCHIVE
+    path: str = ARCHIVE
     max_entries: int = Field(1000, ge=1, le=10_000, description="Most entries returned.")
 
 
@@ -170,14 +171,7 @@ async def tar_list(p: TarListParams, ctx: OpContext) -> dict[str, Any]:
 # -- tar_extract --------------------------------------------------------------------------------------
 
 
-class TarExtractParams(Params):
-    path: str = _ARCHIVE
-    destination: str | None = Field(
-        None, max_length=1024, description="Directory to extract into; default: the tenant's root."
-    )
-    overwrite: bool = Field(False, description="Replace files that already exist in the destination.")
-    max_entries: int = MAX_ENTRIES
-    max_bytes: int = MAX_BYTES
+TarExtractParams = ExtractParams
 
 
 def _tar_members(tar: tarfile.TarFile, budget: Budget) -> list[tarfile.TarInfo]:
