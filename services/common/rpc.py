@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, NoReturn
 
 import grpc
@@ -16,6 +17,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from services.common import errors, telemetry
 
 _ERROR_KEY = "openclaw-error"
+_log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("openclaw.rpc")
 
 
@@ -55,6 +57,24 @@ def server_span(
         attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
     ) as span:
         yield span
+
+
+@asynccontextmanager
+async def serving(
+    context: grpc.aio.ServicerContext[Any, Any], method: str, service: str
+) -> AsyncIterator[trace.Span]:
+    """A handler's server span, with every error ending the call as data: ours with its own status, anything
+    unexpected logged and sent as ``internal`` (never a bare UNKNOWN with a Python traceback text)."""
+    with server_span(context, method, service) as span:
+        try:
+            yield span
+        except grpc.aio.AbortError:
+            raise  # the handler already ended the call
+        except errors.OpenClawError as exc:
+            await abort(context, exc)
+        except Exception as exc:
+            _log.exception("%s failed", method)
+            await abort(context, errors.OpenClawError(f"internal error: {type(exc).__name__}"))
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], err: errors.OpenClawError) -> NoReturn:

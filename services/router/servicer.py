@@ -445,67 +445,43 @@ class RouterServicer(UsageCalls, router_pb2_grpc.RouterServiceServicer):  # type
             raise
 
     async def Chat(self, request: router_pb2.ChatRequest, context: Context) -> router_pb2.ChatResponse:
-        with rpc.server_span(context, "Chat", SERVICE) as span:
+        async with rpc.serving(context, "Chat", SERVICE) as span:
             span.set_attribute("gen_ai.request.model", request.model)
-            try:
-                result, route = await self._pipeline.chat(
-                    decode_chat(request, _priority(context)),
-                    deadline=_deadline(context),
-                    cache=cache_control(request, context),
-                )
-                return encode_response(result, route)
-            except OpenClawError as exc:
-                await rpc.abort(context, exc)
-                raise
-            except Exception as exc:
-                log.exception("Chat failed")
-                await rpc.abort(context, OpenClawError(f"internal error: {type(exc).__name__}"))
-                raise
+            result, route = await self._pipeline.chat(
+                decode_chat(request, _priority(context)),
+                deadline=_deadline(context),
+                cache=cache_control(request, context),
+            )
+            return encode_response(result, route)
 
     async def ChatStream(
         self, request: router_pb2.ChatRequest, context: Context
     ) -> AsyncIterator[router_pb2.ChatChunk]:
-        with rpc.server_span(context, "ChatStream", SERVICE) as span:
+        async with rpc.serving(context, "ChatStream", SERVICE) as span:
             span.set_attribute("gen_ai.request.model", request.model)
-            try:
-                stream_id = f"chatcmpl-{uuid.uuid4().hex}"
-                deltas = self._pipeline.stream(
-                    decode_chat(request, _priority(context)),
-                    deadline=_deadline(context),
-                    cache=cache_control(request, context),
-                )
-                model = ""
-                async with aclosing(deltas):
-                    async for delta in deltas:
-                        chunk = encode_chunk(delta, stream_id)
-                        if delta.route is not None:
-                            model = delta.route.model
-                        else:
-                            chunk.model = model
-                        yield chunk
-            except OpenClawError as exc:
-                await rpc.abort(context, exc)
-                raise
-            except Exception as exc:
-                log.exception("ChatStream failed")
-                await rpc.abort(context, OpenClawError(f"internal error: {type(exc).__name__}"))
-                raise
+            stream_id = f"chatcmpl-{uuid.uuid4().hex}"
+            deltas = self._pipeline.stream(
+                decode_chat(request, _priority(context)),
+                deadline=_deadline(context),
+                cache=cache_control(request, context),
+            )
+            model = ""
+            async with aclosing(deltas):
+                async for delta in deltas:
+                    chunk = encode_chunk(delta, stream_id)
+                    if delta.route is not None:
+                        model = delta.route.model
+                    else:
+                        chunk.model = model
+                    yield chunk
 
     async def Embed(self, request: router_pb2.EmbedRequest, context: Context) -> router_pb2.EmbedResponse:
-        with rpc.server_span(context, "Embed", SERVICE) as span:
+        async with rpc.serving(context, "Embed", SERVICE) as span:
             span.set_attribute("gen_ai.request.model", request.model)
-            try:
-                result, route = await self._pipeline.embed(
-                    decode_embed(request, _priority(context)), deadline=_deadline(context)
-                )
-                return encode_embeddings(result, route)
-            except OpenClawError as exc:
-                await rpc.abort(context, exc)
-                raise
-            except Exception as exc:
-                log.exception("Embed failed")
-                await rpc.abort(context, OpenClawError(f"internal error: {type(exc).__name__}"))
-                raise
+            result, route = await self._pipeline.embed(
+                decode_embed(request, _priority(context)), deadline=_deadline(context)
+            )
+            return encode_embeddings(result, route)
 
     async def ListModels(
         self, request: router_pb2.ListModelsRequest, context: Context
@@ -517,53 +493,41 @@ class RouterServicer(UsageCalls, router_pb2_grpc.RouterServiceServicer):  # type
             )
 
     async def AddModel(self, request: router_pb2.AddModelRequest, context: Context) -> router_pb2.Model:
-        with rpc.server_span(context, "AddModel", SERVICE):
-            try:
-                self._admit(context, "AddModel")
-                if not request.HasField("model") or not request.model.name:
-                    raise _invalid("model.name", "required")
-                data = decode_model(request.model)
-                spec = await self._change(lambda r: r.add(data))
-                _log_change("model added", spec, self._registry)
-                return encode_model(spec)
-            except OpenClawError as exc:
-                await rpc.abort(context, exc)
-                raise
+        async with rpc.serving(context, "AddModel", SERVICE):
+            self._admit(context, "AddModel")
+            if not request.HasField("model") or not request.model.name:
+                raise _invalid("model.name", "required")
+            data = decode_model(request.model)
+            spec = await self._change(lambda r: r.add(data))
+            _log_change("model added", spec, self._registry)
+            return encode_model(spec)
 
     async def UpdateModel(self, request: router_pb2.UpdateModelRequest, context: Context) -> router_pb2.Model:
-        with rpc.server_span(context, "UpdateModel", SERVICE):
-            try:
-                self._admit(context, "UpdateModel")
-                if not request.model.name:
-                    raise _invalid("model.name", "required: the model to update")
-                changes = decode_update(request.model, list(request.update_mask.paths))
-                name = request.model.name
-                spec = await self._change(lambda r: r.update(name, changes))
-                _log_change("model updated", spec, self._registry, fields=sorted(changes))
-                return encode_model(spec)
-            except OpenClawError as exc:
-                await rpc.abort(context, exc)
-                raise
+        async with rpc.serving(context, "UpdateModel", SERVICE):
+            self._admit(context, "UpdateModel")
+            if not request.model.name:
+                raise _invalid("model.name", "required: the model to update")
+            changes = decode_update(request.model, list(request.update_mask.paths))
+            name = request.model.name
+            spec = await self._change(lambda r: r.update(name, changes))
+            _log_change("model updated", spec, self._registry, fields=sorted(changes))
+            return encode_model(spec)
 
     async def RemoveModel(
         self, request: router_pb2.RemoveModelRequest, context: Context
     ) -> router_pb2.RemoveModelResponse:
-        with rpc.server_span(context, "RemoveModel", SERVICE):
-            try:
-                self._admit(context, "RemoveModel")
-                if not request.name:
-                    raise _invalid("name", "required: the model to remove")
-                table = self._registry.snapshot
-                if request.name not in table:
-                    return router_pb2.RemoveModelResponse(removed=False, version=table.version)
-                name = request.name
-                await self._change(lambda r: r.remove(name))
-                table = self._registry.snapshot
-                log.info("model removed", extra={"model": request.name, "version": table.version})
-                return router_pb2.RemoveModelResponse(removed=True, version=table.version)
-            except OpenClawError as exc:
-                await rpc.abort(context, exc)
-                raise
+        async with rpc.serving(context, "RemoveModel", SERVICE):
+            self._admit(context, "RemoveModel")
+            if not request.name:
+                raise _invalid("name", "required: the model to remove")
+            table = self._registry.snapshot
+            if request.name not in table:
+                return router_pb2.RemoveModelResponse(removed=False, version=table.version)
+            name = request.name
+            await self._change(lambda r: r.remove(name))
+            table = self._registry.snapshot
+            log.info("model removed", extra={"model": request.name, "version": table.version})
+            return router_pb2.RemoveModelResponse(removed=True, version=table.version)
 
 
 def _log_change(what: str, spec: ModelSpec, registry: Registry, **extra: Any) -> None:

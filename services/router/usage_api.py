@@ -10,7 +10,7 @@ import grpc
 
 from openclaw.v1 import router_pb2
 from services.common import rpc
-from services.common.errors import OpenClawError, UnavailableError
+from services.common.errors import UnavailableError
 from services.router.metering import day_range
 from services.router.pipeline import Pipeline
 
@@ -39,38 +39,30 @@ class UsageCalls:
     async def GetUsage(
         self, request: router_pb2.GetUsageRequest, context: Context
     ) -> router_pb2.GetUsageResponse:
-        with rpc.server_span(context, "GetUsage", SERVICE):
-            try:
-                meter = self._pipeline.meter
-                if meter is None:
-                    raise UnavailableError("usage metering is off on this router")
-                rows = await meter.usage(request.tenant, request.from_day, request.to_day)
-                days = day_range(request.from_day, request.to_day, dt.datetime.now(dt.UTC).date())
-                response = router_pb2.GetUsageResponse(
-                    tenant=request.tenant, from_day=days[0].isoformat(), to_day=days[-1].isoformat()
+        async with rpc.serving(context, "GetUsage", SERVICE):
+            meter = self._pipeline.meter
+            if meter is None:
+                raise UnavailableError("usage metering is off on this router")
+            rows = await meter.usage(request.tenant, request.from_day, request.to_day)
+            days = day_range(request.from_day, request.to_day, dt.datetime.now(dt.UTC).date())
+            response = router_pb2.GetUsageResponse(
+                tenant=request.tenant, from_day=days[0].isoformat(), to_day=days[-1].isoformat()
+            )
+            for row in rows:
+                response.records.add(
+                    day=row.day,
+                    model=row.model,
+                    deployment=row.deployment,
+                    requests=row.requests,
+                    prompt_tokens=row.prompt_tokens,
+                    completion_tokens=row.completion_tokens,
+                    cost_usd=row.cost_usd,
                 )
-                for row in rows:
-                    response.records.add(
-                        day=row.day,
-                        model=row.model,
-                        deployment=row.deployment,
-                        requests=row.requests,
-                        prompt_tokens=row.prompt_tokens,
-                        completion_tokens=row.completion_tokens,
-                        cost_usd=row.cost_usd,
-                    )
-                    response.requests += row.requests
-                    response.prompt_tokens += row.prompt_tokens
-                    response.completion_tokens += row.completion_tokens
-                    response.cost_usd += row.cost_usd
-                return response
-            except OpenClawError as exc:
-                await rpc.abort(context, exc)
-                raise
-            except Exception as exc:
-                log.exception("GetUsage failed")
-                await rpc.abort(context, OpenClawError(f"internal error: {type(exc).__name__}"))
-                raise
+                response.requests += row.requests
+                response.prompt_tokens += row.prompt_tokens
+                response.completion_tokens += row.completion_tokens
+                response.cost_usd += row.cost_usd
+            return response
 
     async def ListCatalogue(
         self, request: router_pb2.ListCatalogueRequest, context: Context
