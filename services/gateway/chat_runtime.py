@@ -19,7 +19,7 @@ from starlette.routing import Route
 from openclaw.v1 import chat_pb2
 from services.common.encryption import Sealer
 from services.common.errors import OpenClawError
-from services.common.taskstore import TERMINAL
+from services.common.taskstore import TERMINAL, TaskRecord
 from services.common.tenants import TenantDirectory
 from services.gateway.channels_api import ChannelRoutes
 from services.gateway.channels_config import ChatSetup
@@ -110,10 +110,7 @@ class ChatRuntime:
         submitted = await self._tasks.submit(
             tenant, request, policy=policy, submitted_by=f"agent:{agent.name}"
         )
-        deadline = time.monotonic() + agent.turn_timeout_s + 10
-        record = await self._tasks.get(tenant, submitted.task.id, wait_s=30)
-        while record.status not in TERMINAL and time.monotonic() < deadline:
-            record = await self._tasks.get(tenant, submitted.task.id, wait_s=30)  # each wait is bounded
+        record = await self._ended(tenant, submitted.task.id, agent.turn_timeout_s + 10)
         if record.status != "succeeded":
             reason = (
                 (record.error or {}).get("message", record.status)
@@ -124,6 +121,14 @@ class ChatRuntime:
         result = record.result
         output = result.get("content", "") if isinstance(result, dict) else str(result or "")
         return str(output)
+
+    async def _ended(self, tenant: str, task_id: str, max_wait_s: float) -> TaskRecord:
+        """The task once it has ended, or as it is after ``max_wait_s`` (each long-poll is bounded)."""
+        deadline = time.monotonic() + max_wait_s
+        record = await self._tasks.get(tenant, task_id, wait_s=30)
+        while record.status not in TERMINAL and time.monotonic() < deadline:
+            record = await self._tasks.get(tenant, task_id, wait_s=30)
+        return record
 
     async def _submit(self, schedule: Schedule, slot: float, idempotency_key: str) -> str:
         request = SubmitRequest(
@@ -146,10 +151,7 @@ class ChatRuntime:
         """Post a scheduled task's outcome to its channel once the task has ended."""
         assert schedule.deliver_to is not None
         try:
-            deadline = time.monotonic() + max_wait_s
-            record = await self._tasks.get(schedule.tenant, task_id, wait_s=30)
-            while record.status not in TERMINAL and time.monotonic() < deadline:
-                record = await self._tasks.get(schedule.tenant, task_id, wait_s=30)
+            record = await self._ended(schedule.tenant, task_id, max_wait_s)
             result = record.result
             if isinstance(result, dict) and isinstance(result.get("content"), str):
                 text = result["content"]
