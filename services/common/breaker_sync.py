@@ -19,9 +19,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 
 from services.common.breaker import AsyncBreaker
+from services.common.subscription import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,8 @@ class BreakerSync:
         self.replica = replica or uuid.uuid4().hex[:12]
         self._probe_ttl_ms = int(probe_ttl_s * 1000)
         self._breakers: dict[str, AsyncBreaker] = {}
-        self._pubsub: PubSub | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._subscription = Subscription(redis, self._channel, self._on_message, name="breaker-sync")
+        self._started = False
         self._pending: set[asyncio.Task[None]] = set()
 
     def attach(self, breaker: AsyncBreaker) -> None:
@@ -46,7 +45,7 @@ class BreakerSync:
         self._breakers[breaker.name] = breaker
         breaker.observe(self._on_local)
         breaker.probe_gate = self.claim_probe
-        if self._task is not None:
+        if self._started:
             self._spawn(self._adopt(breaker))
 
     def detach(self, name: str) -> None:
@@ -55,24 +54,17 @@ class BreakerSync:
             breaker.probe_gate = None
 
     async def start(self) -> None:
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self._channel)
-        self._task = asyncio.create_task(self._listen(), name="breaker-sync")
+        await self._subscription.start()
+        self._started = True
         for breaker in list(self._breakers.values()):
             await self._adopt(breaker)
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self._task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, 2.0)
-            self._task = None
+        await self._subscription.stop()
+        self._started = False
         for task in list(self._pending):
             with contextlib.suppress(Exception):
                 await task
-        if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-            self._pubsub = None
 
     async def claim_probe(self, name: str) -> bool:
         """Whether this replica may send the half-open probe (no other replica holds the claim)."""
@@ -122,22 +114,8 @@ class BreakerSync:
         if raw:
             self._apply(json.loads(raw))
 
-    async def _listen(self) -> None:
-        assert self._pubsub is not None
-        while not self._stopping:
-            try:
-                # get_message with a timeout, not listen(): cancelling a task inside redis-py's listen() can
-                # leave it waiting forever, so stop() asks the loop to end instead.
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                if message is not None and message.get("type") == "message":
-                    self._apply(json.loads(message["data"]))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a dropped connection: resubscribe after a pause
-                log.warning("breaker sync subscription lost; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
-                with contextlib.suppress(Exception):
-                    await self._pubsub.subscribe(self._channel)
+    async def _on_message(self, data: str) -> None:
+        self._apply(json.loads(data))
 
     def _apply(self, message: dict[str, object]) -> None:
         if message.get("by") == self.replica:

@@ -11,7 +11,6 @@ format, a missing key variable) keeps serving the old one and says so. Literal A
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -19,10 +18,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 
 from services.common.encryption import Sealer
 from services.common.errors import InvalidInputError, UnavailableError
+from services.common.subscription import Subscription
 from services.router.registry import ModelSpec, Registry, build_spec, spec_config, validate_table
 
 log = logging.getLogger(__name__)
@@ -53,30 +52,23 @@ class TableSync:
         self._sealer = sealer
         self._cas = redis.register_script(_CAS)
         self.version = 0
-        self._pubsub: PubSub | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._subscription = Subscription(
+            redis, self._channel, self._on_message, name="model-table-sync", on_resubscribed=self._catch_up
+        )
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Adopt the shared table, or share ours if there is none yet; then follow changes."""
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self._channel)
+        await self._subscription.start()  # subscribed first: no change between the load and now is missed
         if not await self._load():
             doc = await self._document(list(self._registry.snapshot.models.values()))
             if await self._cas(keys=[self._key], args=["0", doc, self._channel, "1"]):
                 self.version = 1
             else:
                 await self._load()
-        self._task = asyncio.create_task(self._follow(), name="model-table-sync")
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self._task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, 2.0)
-        if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._subscription.stop()
 
     async def change(self, mutate: Callable[[Registry], T]) -> T:
         """Apply ``mutate`` (e.g. ``lambda r: r.add(data)``) to the shared table; its errors change nothing."""
@@ -134,23 +126,11 @@ class TableSync:
             self.version = version
             log.info("model table installed", extra={"version": version, "models": len(specs)})
 
-    async def _follow(self) -> None:
-        assert self._pubsub is not None
-        while not self._stopping:
-            try:
-                # get_message with a timeout, not listen(): cancelling a task inside redis-py's listen() can
-                # leave it waiting forever, so stop() asks the loop to end instead.
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                if message is not None and message.get("type") == "message":
-                    await self._load()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("model table subscription lost; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
-                with contextlib.suppress(Exception):
-                    await self._pubsub.subscribe(self._channel)
-                    await self._load()  # catch up on what was missed
+    async def _on_message(self, data: str) -> None:
+        await self._load()
+
+    async def _catch_up(self) -> None:
+        await self._load()  # after a lost subscription: what was missed
 
     async def _document(self, specs: list[ModelSpec]) -> str:
         models = []
