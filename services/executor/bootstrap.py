@@ -27,7 +27,7 @@ from services.executor import plugins
 from services.executor.context import ChatClient, OpServices
 from services.executor.engine import Engine
 from services.executor.governance import Governance
-from services.executor.ops import Catalogue, catalogue
+from services.executor.ops import Catalogue
 from services.executor.ops.http import HttpClient
 from services.executor.settings import ExecutorSettings
 from services.executor.worker import Worker
@@ -217,7 +217,7 @@ def _sealer(settings: ExecutorSettings, redis: Redis) -> Sealer | None:
 
 
 def _default_catalogue(settings: ExecutorSettings) -> Catalogue:
-    return catalogue().with_operations(*plugins.load(settings.plugins))
+    return plugins.catalogue_with(settings.plugins)
 
 
 def build(settings: ExecutorSettings, **overrides: Any) -> ExecutorApp:

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from services.common.errors import PermissionDeniedError
 from services.executor.context import OpContext
-from services.executor.ops.base import Operation
+from services.executor.ops.base import Catalogue, Operation
 
 GROUP = "openclaw.operations"
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -58,6 +58,13 @@ def load(
         out.extend(_namespaced(vendor, op, tenants) for op in ops)
         log.info("plugin loaded", extra={"plugin": vendor, "operations": [op.name for op in ops]})
     return out
+
+
+def catalogue_with(enabled: Mapping[str, Sequence[str]]) -> Catalogue:
+    """The built-in catalogue plus the enabled plugins: what both the gateway (checks) and executor (runs) use."""
+    from services.executor.ops import catalogue
+
+    return catalogue().with_operations(*load(enabled))
 
 
 def _operations(vendor: str, point: EntryPoint) -> list[Operation[Any]]:

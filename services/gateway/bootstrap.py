@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -59,13 +60,15 @@ class ExecutorCatalogue:
     """Checks workflows with the executor's own DSL parser and operation catalogue, so a task the executor
     would refuse is refused at submit time, before anything is queued."""
 
-    def __init__(self) -> None:
-        from services.executor import dsl, ops, templates
+    def __init__(self, plugins: Mapping[str, Sequence[str]] | None = None) -> None:
+        from services.executor import dsl, templates
+        from services.executor.plugins import catalogue_with
 
         self._dsl = dsl
         # Any: mypy resolves ``services.executor.templates`` to the data folder beside templates.py.
         self._templates: Any = templates
-        self._ops = ops.catalogue()
+        # The plugins the executors run are the ones submits are checked against (the same OPENCLAW_PLUGINS).
+        self._ops = catalogue_with(plugins or {})
 
     def check_workflow(self, doc: dict[str, Any], inputs: dict[str, Any]) -> tuple[str, frozenset[str]]:
         workflow = self._dsl.parse_workflow(doc, known_ops=self._ops)
@@ -500,7 +503,7 @@ def build(
         settings,
         verifier=verifier,
         jwks=jwks,
-        catalogue=catalogue or ExecutorCatalogue(),
+        catalogue=catalogue or ExecutorCatalogue(settings.plugins),
         topology=topology or Topology(settings.namespace),
         redis=redis,
         amqp=amqp,
