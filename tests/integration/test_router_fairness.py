@@ -1,9 +1,14 @@
 """Fairness under load: a tenant flooding the batch class does not starve another tenant's interactive requests.
 
 The simulator answers after a fixed 50 ms, the model has 4 slots, and one tenant keeps 40 batch requests going
-all the time (about 36 queued). The other tenant's interactive p99 is measured alone, then under that flood; the
-assertion is on their ratio (within 2x), so the test holds on a slow machine as on a fast one. Without priority
-classes the interactive request would queue behind the flood: about 36 / 4 x 50 ms = 450 ms, 9x its alone p99.
+all the time (about 36 queued). The other tenant's interactive latency is measured alone, then under that flood;
+the assertions are on ratios, so the test holds on a slow machine as on a fast one. Without priority classes the
+interactive request would queue behind the flood: about 36 / 4 x 50 ms = 450 ms, 9x its latency alone. With
+classes but no headroom it would wait for a batch call to end, up to one more 50 ms call: its p90 near 1.8x. With
+headroom it finds a slot free, so its p90 stays within 1.5x. p99 is held to 3x: on a busy 2-core machine a pause
+of the whole process (GC, a neighbour) makes one call look 2.5x slower than the baseline, the adaptive limit
+halves as it should, and for the next call or two the interactive request waits for a batch call to end (a CI run
+saw exactly that: 111 ms against 55 ms alone).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from services.simulator.settings import SimulatorSettings
 from tests.integration.test_router import chat_request, metric, set_behaviour, settings_for, wait_for
 
 Stub = Any
-SAMPLES = 100  # p99 then lies below the single worst sample: one scheduling hiccup does not decide it
+SAMPLES = 100
 
 
 @pytest.fixture
@@ -43,15 +48,16 @@ async def router(sim: Simulator) -> AsyncIterator[RouterApp]:
     await app.stop(0)
 
 
-async def p99_of(stub: Stub, tenant: str) -> float:
-    """The p99 latency of sequential interactive requests of one tenant."""
+async def percentiles_of(stub: Stub, tenant: str) -> tuple[float, float]:
+    """The p90 and p99 latencies of sequential interactive requests of one tenant."""
     latencies = []
     for _ in range(SAMPLES):
         start = time.perf_counter()
         response = await stub.Chat(chat_request("fair", tenant=tenant, priority="interactive"), timeout=30)
         latencies.append(time.perf_counter() - start)
         assert response.route.priority == "interactive"
-    return statistics.quantiles(latencies, n=100, method="inclusive")[98]
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return cuts[89], cuts[98]
 
 
 async def test_a_batch_flood_does_not_starve_interactive_requests(sim: Simulator, router: RouterApp) -> None:
@@ -63,7 +69,7 @@ async def test_a_batch_flood_does_not_starve_interactive_requests(sim: Simulator
         )
         await stub.AddModel(router_pb2.AddModelRequest(model=model), timeout=10)
         await stub.Chat(chat_request("fair"), timeout=30)  # warm the connection pool
-        alone = await p99_of(stub, "alice")
+        alone = await percentiles_of(stub, "alice")
 
         stop = asyncio.Event()
         flooded = 0
@@ -83,13 +89,14 @@ async def test_a_batch_flood_does_not_starve_interactive_requests(sim: Simulator
         flooders = [asyncio.create_task(flood()) for _ in range(40)]
         group = router.router.group("fair")
         await wait_for(lambda: group.scheduler.waiting_by_priority()["batch"] >= 30, "the flood to queue")
-        loaded = await p99_of(stub, "alice")
+        loaded = await percentiles_of(stub, "alice")
         depth = metric("openclaw_router_queue_depth", model="fair", priority="batch")
         queued_batch = group.scheduler.waiting_by_priority()["batch"]
         stop.set()
         await asyncio.gather(*flooders)
 
     assert queued_batch >= 20 and depth >= 20 and flooded > SAMPLES  # the flood really was there throughout
-    assert loaded <= 2 * alone, (
-        f"interactive p99 {loaded * 1000:.1f} ms under flood vs {alone * 1000:.1f} ms alone"
-    )
+    shown = f"interactive p90/p99 {loaded[0] * 1000:.1f}/{loaded[1] * 1000:.1f} ms under flood"
+    shown += f" vs {alone[0] * 1000:.1f}/{alone[1] * 1000:.1f} ms alone"
+    assert loaded[0] <= 1.5 * alone[0], shown
+    assert loaded[1] <= 3 * alone[1], shown
