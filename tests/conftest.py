@@ -7,11 +7,15 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
 from services.common.redis_client import open_redis
@@ -99,3 +103,43 @@ async def amqp(
 def topology(namespace: str) -> Topology:
     """Fast retry delays so retry tests finish quickly."""
     return Topology(namespace, retry_delays_ms=(200, 400))
+
+
+class _Recorder(SpanProcessor):
+    """Keeps finished spans only while a test listens, so spans do not pile up (or warn) between tests."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.listening = False
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.listening:
+            self.exporter.export((span,))
+
+
+_RECORDER = _Recorder()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracing() -> _Recorder:
+    """One real tracer provider for the whole test process, whatever order tests run in (OpenTelemetry ignores
+    a second set_tracer_provider)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+        provider.add_span_processor(_RECORDER)
+    return _RECORDER
+
+
+@pytest.fixture
+def spans(tracing: _Recorder) -> Iterator[InMemorySpanExporter]:
+    """The spans finished during this test, recorded in memory."""
+    tracing.exporter.clear()
+    tracing.listening = True
+    yield tracing.exporter
+    tracing.listening = False
+    tracing.exporter.clear()

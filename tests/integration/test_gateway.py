@@ -17,8 +17,6 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -41,13 +39,6 @@ WORKFLOW = {
     "name": "reshape",
     "steps": [{"id": "pick", "type": "json_transform", "params": {"expression": "a", "input": {"a": 1}}}],
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _tracing() -> None:
-    """Spans must be real for trace context to travel (a later set_tracer_provider call is ignored)."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
 
 
 # --- the real router in front of the real provider simulator, in-process ---------------------------------

@@ -35,7 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from openclaw.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import rpc
 from services.gateway import GatewayApp, mint_token
-from tests.integration.test_gateway import SECRET, WORKFLOW, _tracing, router_addr  # noqa: F401
+from tests.integration.test_gateway import SECRET, WORKFLOW, router_addr  # noqa: F401
 from tests.integration.test_gateway_governance import (  # noqa: F401
     Start,
     bearer,

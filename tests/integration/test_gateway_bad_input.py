@@ -19,7 +19,6 @@ from tests.integration import test_gateway as base
 pytestmark = pytest.mark.integration
 
 # The fixtures of test_gateway.py, re-exported so pytest finds them here.
-_tracing = base._tracing
 router_addr = base.router_addr
 gateway = base.gateway
 http = base.http

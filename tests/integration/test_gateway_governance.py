@@ -32,7 +32,6 @@ from tests.integration.test_gateway import (  # noqa: F401
     MODEL,
     SECRET,
     WORKFLOW,
-    _tracing,
     router_addr,
 )
 

@@ -27,7 +27,6 @@ from tests.integration.test_gateway import (  # noqa: F401
     WORKFLOW,
     _auth,
     _settings,
-    _tracing,
     router_addr,
 )
 

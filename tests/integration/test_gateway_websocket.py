@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 import websockets
 from aio_pika.abc import AbstractRobustConnection
@@ -27,7 +30,6 @@ from tests.integration.test_gateway import (  # noqa: F401
     WORKFLOW,
     _auth,
     _settings,
-    _tracing,
     router_addr,
 )
 
@@ -80,7 +82,9 @@ async def _ask(ws: ClientConnection, **frame: Any) -> dict[str, Any]:
 
 async def test_header_auth_submit_get_and_tenant_isolation(gateway: GatewayApp) -> None:
     async with websockets.connect(_url(gateway), additional_headers=_auth()) as ws:
-        assert await _frame(ws) == {"type": "ready", "tenant": "tenant-a"}
+        ready = await _frame(ws)
+        assert ready["type"] == "ready" and ready["tenant"] == "tenant-a"
+        assert ready["expires_at"] > time.time()  # the token's exp (plus leeway)
         submitted = await _ask(ws, type="submit", id="s1", task={"workflow": WORKFLOW})
         assert submitted["type"] == "task" and submitted["id"] == "s1"
         assert submitted["task"]["status"] == "queued"
@@ -98,7 +102,7 @@ async def test_first_frame_auth_and_refusals(start: Start) -> None:
     gateway = await start(ws_auth_timeout_seconds=0.3)
     async with websockets.connect(_url(gateway)) as ws:
         ready = await _ask(ws, type="auth", token=mint_token(SECRET, tenant="tenant-c"))
-        assert ready == {"type": "ready", "tenant": "tenant-c"}
+        assert (ready["type"], ready["tenant"]) == ("ready", "tenant-c")
     async with websockets.connect(_url(gateway)) as ws:
         refused = await _ask(ws, type="auth", token="not-a-jwt")
         assert refused["type"] == "error" and refused["error"]["code"] == "unauthenticated"
@@ -266,3 +270,116 @@ async def test_drain_closes_open_connections_with_service_restart(start: Start) 
             while True:
                 await ws.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012  # RFC 6455 "service restart"
+
+
+# --- credentials on a live connection: expiry, re-authentication, revocation --------------------------
+
+
+async def _until(expires_at: float) -> None:
+    """Sleep past a wall-clock instant (the gateway's clock is this process's)."""
+    await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.2)
+
+
+async def _closed(ws: ClientConnection) -> tuple[list[dict[str, Any]], int, str]:
+    """Every frame until the server closes, and its close code and reason."""
+    frames: list[dict[str, Any]] = []
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            frames.append(await _frame(ws))
+    assert closed.value.rcvd is not None, "the server sent no close frame"
+    return frames, closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+async def _submitted_over_http(gateway: GatewayApp, key: str) -> bool:
+    """Whether a task with this idempotency key exists already (a resubmit replays it: 200, not 202)."""
+    headers = {**_auth(), "Idempotency-Key": key}
+    async with (
+        aiohttp.ClientSession(f"http://127.0.0.1:{gateway.http_port}") as http,
+        http.post("/v1/tasks", json={"workflow": WORKFLOW}, headers=headers) as resp,
+    ):
+        assert resp.status in (200, 202), await resp.text()
+        return resp.status == 200
+
+
+async def test_an_expired_token_closes_the_connection_and_later_frames_are_not_served(start: Start) -> None:
+    gateway = await start(jwt_leeway_seconds=0)
+    token = mint_token(SECRET, tenant="tenant-a", ttl_s=2)
+    async with websockets.connect(
+        _url(gateway), additional_headers={"Authorization": f"Bearer {token}"}
+    ) as ws:
+        ready = await _frame(ws)
+        assert ready["expires_at"] <= time.time() + 2
+        assert (await _ask(ws, type="submit", id="before", task={"workflow": WORKFLOW}))["type"] == "task"
+        await _until(ready["expires_at"])
+        with contextlib.suppress(ConnectionClosed):  # closed already, as it should be, or about to be
+            frame = {
+                "type": "submit",
+                "id": "after",
+                "task": {"workflow": WORKFLOW},
+                "idempotency_key": "late",
+            }
+            await ws.send(json.dumps(frame))
+        frames, code, reason = await _closed(ws)
+    assert (code, reason) == (4401, "token expired")
+    assert [f["type"] for f in frames] == ["error"]
+    assert frames[0]["error"] == {
+        "code": "unauthenticated",
+        "message": "the token has expired",
+        "retryable": False,
+    }
+    assert not await _submitted_over_http(gateway, "late")
+
+
+async def test_reauthentication_extends_the_connection_past_the_first_tokens_expiry(start: Start) -> None:
+    gateway = await start(jwt_leeway_seconds=0)
+    async with websockets.connect(_url(gateway)) as ws:
+        ready = await _ask(ws, type="auth", token=mint_token(SECRET, tenant="tenant-a", ttl_s=2))
+        renewed = await _ask(ws, type="auth", id="r1", token=mint_token(SECRET, tenant="tenant-a", ttl_s=60))
+        assert (renewed["type"], renewed["id"], renewed["tenant"]) == ("auth.ok", "r1", "tenant-a")
+        assert renewed["expires_at"] >= ready["expires_at"] + 55
+        await _until(ready["expires_at"])
+        submitted = await _ask(ws, type="submit", id="s", task={"workflow": WORKFLOW})
+        assert submitted["type"] == "task" and submitted["task"]["status"] == "queued"
+        # A malformed auth frame is a bad frame like any other: the connection stays on its credentials.
+        bad = await _ask(ws, type="auth", id="r2")
+        assert (bad["type"], bad["id"], bad["error"]["details"]) == ("error", "r2", {"field": "token"})
+        assert (await _ask(ws, type="get", id="g", task_id=submitted["task"]["id"]))["type"] == "task"
+
+
+async def test_reauthentication_as_another_tenant_or_with_a_bad_token_closes(start: Start) -> None:
+    gateway = await start()
+    async with websockets.connect(_url(gateway), additional_headers=_auth("tenant-a")) as ws:
+        await _frame(ws)
+        await ws.send(json.dumps({"type": "auth", "token": mint_token(SECRET, tenant="tenant-b")}))
+        await ws.send(json.dumps({"type": "submit", "id": "s", "task": {"workflow": WORKFLOW}}))
+        frames, code, reason = await _closed(ws)
+    assert (code, reason) == (4403, "re-authentication names another tenant")
+    assert [f["type"] for f in frames] == ["error"]  # and the submit behind it was not served
+    assert frames[0]["error"]["code"] == "permission_denied"
+    assert "'tenant-b'" in frames[0]["error"]["message"] and "'tenant-a'" in frames[0]["error"]["message"]
+    async with websockets.connect(_url(gateway), additional_headers=_auth("tenant-a")) as ws:
+        await _frame(ws)
+        await ws.send(json.dumps({"type": "auth", "token": "not-a-jwt"}))
+        frames, code, reason = await _closed(ws)
+    assert (code, reason) == (4401, "re-authentication refused")
+    assert frames[0]["error"]["code"] == "unauthenticated"
+
+
+async def test_a_revoked_api_key_stops_working_on_an_open_connection(start: Start) -> None:
+    gateway = await start(ws_credential_check_seconds=0.2)
+    admin = {"Authorization": f"Bearer {mint_token(SECRET, tenant='tenant-a', roles=['admin'])}"}
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{gateway.http_port}") as http:
+        async with http.post("/v1/apikeys", json={"name": "ws"}, headers=admin) as resp:
+            assert resp.status == 201, await resp.text()
+            created = await resp.json()
+        async with websockets.connect(_url(gateway), additional_headers={"X-API-Key": created["key"]}) as ws:
+            ready = await _frame(ws)
+            assert (ready["tenant"], ready["expires_at"]) == ("tenant-a", None)
+            await asyncio.sleep(0.5)  # a few re-checks pass while the key is valid
+            assert (await _ask(ws, type="submit", id="s", task={"workflow": WORKFLOW}))["type"] == "task"
+            async with http.delete(f"/v1/apikeys/{created['id']}", headers=admin) as resp:
+                assert resp.status == 204
+            frames, code, reason = await _closed(ws)
+    assert (code, reason) == (4401, "api key revoked")
+    assert [f["type"] for f in frames] == ["error"]
+    assert "revoked" in frames[0]["error"]["message"]

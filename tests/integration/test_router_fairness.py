@@ -5,10 +5,9 @@ all the time (about 36 queued). The other tenant's interactive latency is measur
 the assertions are on ratios, so the test holds on a slow machine as on a fast one. Without priority classes the
 interactive request would queue behind the flood: about 36 / 4 x 50 ms = 450 ms, 9x its latency alone. With
 classes but no headroom it would wait for a batch call to end, up to one more 50 ms call: its p90 near 1.8x. With
-headroom it finds a slot free, so its p90 stays within 1.5x. p99 is held to 3x: on a busy 2-core machine a pause
-of the whole process (GC, a neighbour) makes one call look 2.5x slower than the baseline, the adaptive limit
-halves as it should, and for the next call or two the interactive request waits for a batch call to end (a CI run
-saw exactly that: 111 ms against 55 ms alone).
+headroom it finds a slot free: its p90 stays within 1.5x and its p99 within 2x. (A CI run once saw p99 at 2.01x:
+a pause of the whole process stretched the calls in flight, the adaptive limit halved on those samples and took
+the headroom with it; the limit now halves only on latency that stays up, see qos/adaptive.py.)
 """
 
 from __future__ import annotations
@@ -99,4 +98,4 @@ async def test_a_batch_flood_does_not_starve_interactive_requests(sim: Simulator
     shown = f"interactive p90/p99 {loaded[0] * 1000:.1f}/{loaded[1] * 1000:.1f} ms under flood"
     shown += f" vs {alone[0] * 1000:.1f}/{alone[1] * 1000:.1f} ms alone"
     assert loaded[0] <= 1.5 * alone[0], shown
-    assert loaded[1] <= 3 * alone[1], shown
+    assert loaded[1] <= 2 * alone[1], shown

@@ -220,8 +220,25 @@ def test_aimd_never_exceeds_max_nor_grows_when_idle_and_backs_off_on_slow_calls(
     for _ in range(100):
         idle.on_success(0.1, in_flight=0)
     assert idle.value == 2
-    limit.on_success(1.0, in_flight=8)  # 10x the baseline: congestion
-    assert limit.value == 4
+    for _ in range(2):  # latency 3x the baseline that stays up for a baseline period: congestion
+        limit.on_success(0.3, in_flight=8)
+        clock.now += 0.11
+    assert limit.value == 4 and limit.decreases == 1
+
+
+def test_a_pause_that_stretches_the_calls_in_flight_does_not_halve_the_limit() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(8, initial=8, clock=clock)
+    for _ in range(50):
+        limit.on_success(0.05, in_flight=8)
+        clock.now += 0.01
+    for _ in range(8):  # our process stalled 150 ms: every call in flight ends at once, 4x slower
+        limit.on_success(0.2, in_flight=8)
+    clock.now += 0.05
+    for _ in range(8):
+        limit.on_success(0.05, in_flight=8)
+        clock.now += 0.01
+    assert limit.value == 8 and limit.decreases == 0
 
 
 def test_adaptive_limit_rejects_nonsense_and_follows_max_changes() -> None:

@@ -2,8 +2,10 @@
 429s, timeouts or latency well above its baseline, never above the configured ``max_concurrency``.
 
 The shape is Netflix concurrency-limits' AIMD with a latency gradient: the baseline is a slow EWMA of observed
-latency, a sample above ``tolerance`` × baseline counts as congestion, and decreases are spaced by at least one
-baseline latency so one burst of 429s from the same window halves the limit once, not to the floor.
+latency, latency that stays above ``tolerance`` × baseline (every call ending in one baseline latency is that slow) counts as
+congestion, and decreases are spaced by at least one baseline latency so one burst of 429s from the same window
+halves the limit once, not to the floor. Latency has to stay up because a pause of our own process (GC, a noisy
+neighbour) stretches every call in flight at once; halving the limit for that would only make callers wait.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class AdaptiveLimit:
         "_clock",
         "_last_decrease",
         "_limit",
+        "_slow_since",
         "_tolerance",
         "decreases",
         "max_limit",
@@ -45,6 +48,7 @@ class AdaptiveLimit:
         self._backoff = backoff
         self._tolerance = tolerance
         self._baseline = 0.0
+        self._slow_since: float | None = None
         self._last_decrease = float("-inf")
         self._clock = clock
         self.decreases = 0
@@ -61,12 +65,17 @@ class AdaptiveLimit:
         """A call finished normally after ``latency_s`` with ``in_flight`` calls running (itself included)."""
         if self._baseline == 0.0:
             self._baseline = latency_s
-        elif latency_s > self._tolerance * self._baseline:
-            self._decrease()
+            return
+        if latency_s > self._tolerance * self._baseline:
+            now = self._clock()
+            if self._slow_since is None:
+                self._slow_since = now
+            elif now - self._slow_since >= self._baseline:
+                self._decrease()
             self._baseline += 0.01 * (latency_s - self._baseline)  # drift slowly: a new normal is learnt
             return
-        else:
-            self._baseline += 0.05 * (latency_s - self._baseline)
+        self._slow_since = None
+        self._baseline += 0.05 * (latency_s - self._baseline)
         if in_flight * 2 >= self._limit:  # grow only when the limit is actually in use
             self._limit = min(float(self.max_limit), self._limit + 1.0 / max(self._limit, 1.0))
 
