@@ -1,4 +1,9 @@
-"""`openclaw dlq list|show|replay|drop`: the dead-letter queue, a tenant at a time (settings from OPENCLAW_*)."""
+"""`openclaw dlq list|show|replay|drop`: the dead-letter queue, a tenant at a time (settings from OPENCLAW_*).
+
+With OPENCLAW_MASTER_KEYS and OPENCLAW_MASTER_KEY_ID set (the executor's), task data is opened and sealed with
+the same keys as the services do: archived errors and re-created records stay encrypted at rest, replays publish
+sealed envelopes; sealed data met without them stops the command with an error naming those settings.
+"""
 
 from __future__ import annotations
 
@@ -50,8 +55,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 async def _dlq(args: argparse.Namespace) -> int:
     import aio_pika
+    from pydantic import ValidationError
     from redis.exceptions import RedisError
 
+    from services.common.encryption import Keyring, Sealer
     from services.common.publisher import TaskPublisher
     from services.common.redis_client import open_redis
     from services.common.settings import CommonSettings
@@ -59,15 +66,23 @@ async def _dlq(args: argparse.Namespace) -> int:
     from services.common.topology import Topology
     from services.executor.deadletters import DeadLetters
 
-    settings = CommonSettings()
+    try:
+        settings = CommonSettings()
+    except ValidationError as exc:  # a bad master key, say: name the setting, not a traceback
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        print(f"error: settings: {problems}", file=sys.stderr)
+        return 2
     redis = open_redis(settings.redis_url)
+    master = settings.master_key_set()
+    # The same sealer as the gateway's and the executor's task stores: same keys, same namespace.
+    sealer = Sealer(Keyring(redis, settings.namespace, master)) if master else None
     connection = await aio_pika.connect_robust(
         settings.amqp_url, client_properties={"connection_name": "openclaw dlq"}
     )
     topology = Topology(settings.namespace)
     publisher = TaskPublisher(connection, topology)
     try:
-        letters = DeadLetters(TaskStore(redis, settings.namespace), topology, publisher)
+        letters = DeadLetters(TaskStore(redis, settings.namespace, sealer=sealer), topology, publisher)
         channel = await connection.channel()
         collected = await letters.collect(channel)
         await channel.close()
@@ -108,7 +123,7 @@ async def _action(args: argparse.Namespace, letters: DeadLetters) -> int:
         return 0
     if args.action == "show":
         entry = await letters.get(args.tenant, args.id)
-        print(json.dumps(entry.details(), indent=2, ensure_ascii=False))
+        print(json.dumps(await letters.details(entry), indent=2, ensure_ascii=False))
         return 0
     ids = args.ids
     if args.action == "replay" and args.all:

@@ -28,6 +28,7 @@ from services.executor.context import ChatClient, OpServices
 from services.executor.engine import Engine
 from services.executor.governance import Governance
 from services.executor.ops import Catalogue
+from services.executor.ops._postgres import PostgresPools
 from services.executor.ops.http import HttpClient
 from services.executor.settings import ExecutorSettings
 from services.executor.worker import Worker
@@ -120,6 +121,7 @@ class ExecutorApp:
             amqp=self.connection,
             namespace=s.namespace,
             sealer=self.sealer,
+            postgres=self._own(PostgresPools()),
         )
         self.governance = await self._start_governance(self.redis)
         engine = Engine(

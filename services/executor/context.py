@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from services.common.encryption import Sealer
     from services.executor.dsl import Workflow
+    from services.executor.ops._postgres import PostgresPools
     from services.executor.ops.http import HttpClient
 
 
@@ -45,6 +46,8 @@ class OpServices:
     namespace: str = "openclaw"
     # With master keys configured: seals the files operations write (services.executor.ops.storage).
     sealer: Sealer | None = None
+    # PostgreSQL connection pools per (tenant, DSN) for the sql ops (None: a connection per call).
+    postgres: PostgresPools | None = None
 
     def credential(self, name: str) -> Mapping[str, str]:
         """A named credential set from the executor's settings."""

@@ -245,6 +245,8 @@ class GatewayApp:
                         max_messages_per_second=settings.ws_max_messages_per_second,
                         heartbeat_s=self._heartbeat_s,
                         max_json_depth=depth,
+                        credential_check_s=settings.ws_credential_check_seconds,
+                        token_leeway_s=settings.jwt_leeway_seconds,
                     ),
                 ).routes(),
             ]

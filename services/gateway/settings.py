@@ -106,6 +106,10 @@ class GatewaySettings(CommonSettings):
     ws_max_messages_per_second: float = Field(
         default=100.0, gt=0, validation_alias="OPENCLAW_GATEWAY_WS_MAX_MESSAGES_PER_SECOND"
     )
+    # How often an open connection re-checks its API key, so a revoked key stops working there too.
+    ws_credential_check_seconds: float = Field(
+        default=30.0, gt=0, le=3600, validation_alias="OPENCLAW_GATEWAY_WS_CREDENTIAL_CHECK_SECONDS"
+    )
     # Chat channels, the agents answering on them and schedules (services/gateway/channels_config.py); empty: none.
     channels_file: Path | None = Field(default=None, validation_alias="OPENCLAW_GATEWAY_CHANNELS_FILE")
     # MQTT 5 ingress; an empty URL turns it off.

@@ -3,8 +3,10 @@
 Frames are JSON objects with a ``type``; each request carries a client-chosen ``id`` that every answer to
 it repeats, so requests run side by side on one connection. A bad frame gets an ``error`` frame naming the
 problem and the connection stays open; a flood (more frames per second than allowed) is closed with 1008
-(policy violation). Frame size and ping/pong are enforced by the HTTP server (see httpserver.py). The schema
-is documented in docs/gateway.md.
+(policy violation). Credentials are watched for the connection's whole life (websocket_auth.py): when its JWT
+expires or its API key is found revoked the connection is closed with 4401, unless an ``auth`` frame replaced them
+first. Frame size and ping/pong are enforced by the HTTP server (see httpserver.py). The schema is documented in
+docs/gateway.md.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from openclaw.v1 import router_pb2
 from services.common.errors import (
     InvalidInputError,
     OpenClawError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     UnauthenticatedError,
 )
 from services.gateway.access import Call, Credentials, Gate
-from services.gateway.auth import Principal
+from services.gateway.auth import AuthError, Principal
 from services.gateway.commands import (
     COMMAND_ACTIONS,
     TASK_COMMANDS,
@@ -47,6 +50,7 @@ from services.gateway.metrics import REQUESTS, WEBSOCKET_CONNECTIONS
 from services.gateway.openai_api import ChatBackend, describe_chat
 from services.gateway.openai_wire import OpenAIError, route_info, to_chat_request
 from services.gateway.tasks import TaskService
+from services.gateway.websocket_auth import CLOSE_CREDENTIALS, CLOSE_TENANT, Grant, grant
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("openclaw.gateway.websocket")
@@ -66,6 +70,8 @@ class WebSocketPolicy:
     max_messages_per_second: float = 100.0
     heartbeat_s: float = 15.0
     max_json_depth: int = MAX_DEPTH
+    credential_check_s: float = 30.0  # how often an API key is re-checked for revocation
+    token_leeway_s: float = 30.0  # the verifier's leeway: a JWT is closed on at exp + leeway
 
 
 class WebSocketRoutes:
@@ -92,7 +98,11 @@ class WebSocketRoutes:
 
 
 class _Connection:
-    """One client connection: authenticate, then read frames and run each request in its own task."""
+    """One client connection: authenticate, then read frames and run each request in its own task.
+
+    A guard task closes the connection when its credentials lapse; the frame loop checks them too before each
+    frame, so no frame read after a JWT's expiry is served even if the guard has not run yet.
+    """
 
     def __init__(self, routes: WebSocketRoutes, ws: WebSocket) -> None:
         self._r = routes
@@ -101,14 +111,19 @@ class _Connection:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._allowance = routes.policy.max_messages_per_second
         self._last = time.monotonic()
+        self._grant: Grant | None = None
+        self._guard: asyncio.Task[None] | None = None
+        self._lapsed = False
         # Each request is a SERVER span, continuing the upgrade request's traceparent if it had one.
         carrier = {k: v for k, v in ws.headers.items() if k in _TRACE_HEADERS}
         self._trace_parent = propagate.extract(carrier) if carrier else otel_context.Context()
 
     async def run(self) -> None:
-        principal = await self._authenticate()
-        if principal is None:
+        granted = await self._authenticate()
+        if granted is None:
             return
+        self._grant = granted
+        principal = granted.principal
         try:
             policy = self._r.gate.policy(principal.tenant)
             connection = await self._r.gate.slot(
@@ -119,33 +134,122 @@ class _Connection:
             await self._ws.close(POLICY_VIOLATION, exc.code)
             return
         try:
-            await self._send({"type": "ready", "tenant": principal.tenant})
-            await self._serve_frames(principal)
+            await self._send({"type": "ready", "tenant": principal.tenant, "expires_at": granted.expires_at})
+            self._watch_credentials(granted)
+            await self._serve_frames()
         finally:
             await connection.release()
 
-    async def _serve_frames(self, principal: Principal) -> None:
+    async def _serve_frames(self) -> None:
         try:
             while True:
                 raw = await self._receive()
+                if self._lapsed:
+                    continue  # closing: frames sent before the peer saw the close are read, never served
                 if not self._admit():
                     rate = self._r.policy.max_messages_per_second
                     await self._ws.close(POLICY_VIOLATION, f"more than {rate:g} frames per second")
                     return
-                self._dispatch(principal, raw)
+                if self._current().expired():  # the guard may not have woken yet
+                    await self._lapse("the token has expired", "token expired")
+                    continue
+                await self._dispatch(raw)
         finally:
+            if self._guard is not None:
+                self._guard.cancel()
             for task in self._running.values():
                 task.cancel()
             if self._running:
                 await asyncio.gather(*self._running.values(), return_exceptions=True)
 
-    async def _authenticate(self) -> Principal | None:
+    def _current(self) -> Grant:
+        assert self._grant is not None  # set before any frame is served
+        return self._grant
+
+    def _watch_credentials(self, granted: Grant) -> None:
+        """(Re)start the guard for these credentials; the previous one's deadline no longer applies."""
+        if self._guard is not None:
+            self._guard.cancel()
+        if granted.expires_at is not None or granted.api_key:
+            self._guard = asyncio.create_task(self._guard_credentials(granted))
+
+    async def _guard_credentials(self, granted: Grant) -> None:
+        """Close the connection at the JWT's expiry, or when a periodic check finds the API key revoked."""
+        interval = self._r.policy.credential_check_s
+        while True:
+            delay = interval if granted.api_key else float("inf")
+            if granted.expires_at is not None:
+                delay = min(delay, granted.expires_at - time.time())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if granted.expired():
+                await self._lapse("the token has expired", "token expired")
+                return
+            if not granted.api_key:
+                continue  # woke a little early: sleep the rest
+            try:
+                await self._r.gate.authenticate(granted.credentials)
+            except AuthError:
+                await self._lapse("the API key is no longer valid (revoked)", "api key revoked")
+                return
+            except OpenClawError as exc:
+                # The key store is unreachable: keep the connection (the key was valid at the last check) and
+                # try again next interval rather than drop every API-key connection on a Redis blip.
+                _log.warning("could not re-check a WebSocket's API key: %s", exc.message)
+            except Exception:  # a dead guard would leave a revoked key working: log and keep checking
+                _log.exception("WebSocket API key re-check failed")
+
+    async def _lapse(self, message: str, reason: str) -> None:
+        """The credentials are no longer valid: say why, stop every running request and close with 4401."""
+        if not self._lapsed:
+            await self._close(CLOSE_CREDENTIALS, UnauthenticatedError(message), reason)
+
+    async def _close(self, code: int, err: OpenClawError, reason: str) -> None:
+        """Stop serving at once, stop the running requests, then send the error frame and close."""
+        self._lapsed = True
+        for task in self._running.values():
+            task.cancel()
+        with contextlib.suppress(Exception):  # the peer may be gone already
+            await self._send({"type": "error", "id": None, "error": error_body(err)})
+        if self._ws.application_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self._ws.close(code, reason)
+
+    async def _reauthenticate(self, request_id: str | None, doc: dict[str, Any]) -> None:
+        """Replace the connection's credentials with the ``auth`` frame's: same tenant, their own expiry."""
+        token = doc.get("token")
+        if not isinstance(token, str) or not token:
+            raise InvalidInputError("token: required, the JWT or API key as a string", field="token")
+        current = self._current()
+        try:
+            granted = await grant(
+                self._r.gate, Credentials(f"Bearer {token}"), leeway_s=self._r.policy.token_leeway_s
+            )
+        except AuthError as exc:
+            await self._close(CLOSE_CREDENTIALS, exc, "re-authentication refused")
+            return
+        tenant = current.principal.tenant
+        if granted.principal.tenant != tenant:
+            err = PermissionDeniedError(
+                f"the token names tenant {granted.principal.tenant!r} but this connection is {tenant!r}'s; "
+                "open another connection for another tenant"
+            )
+            await self._close(CLOSE_TENANT, err, "re-authentication names another tenant")
+            return
+        self._grant = granted
+        self._watch_credentials(granted)
+        await self._send(
+            {"type": "auth.ok", "id": request_id, "tenant": tenant, "expires_at": granted.expires_at}
+        )
+
+    async def _authenticate(self) -> Grant | None:
         """The Authorization or X-API-Key header if sent, else a first ``auth`` frame within the auth timeout."""
         header = self._ws.headers.get("authorization")
         api_key = self._ws.headers.get("x-api-key")
+        leeway = self._r.policy.token_leeway_s
         try:
             if header is not None or api_key is not None:
-                return await self._r.gate.authenticate(Credentials(header, api_key))
+                return await grant(self._r.gate, Credentials(header, api_key), leeway_s=leeway)
             try:
                 raw = await asyncio.wait_for(self._receive(), self._r.policy.auth_timeout_s)
             except TimeoutError:
@@ -156,7 +260,7 @@ class _Connection:
             token = doc.get("token")
             if not isinstance(token, str) or not token:
                 raise UnauthenticatedError("token: required, the JWT or API key as a string")
-            return await self._r.gate.authenticate(Credentials(f"Bearer {token}"))
+            return await grant(self._r.gate, Credentials(f"Bearer {token}"), leeway_s=leeway)
         except OpenClawError as exc:
             err = exc if isinstance(exc, UnauthenticatedError) else UnauthenticatedError(exc.message)
             await self._send({"type": "error", "id": None, "error": error_body(err)})
@@ -185,7 +289,7 @@ class _Connection:
         data: bytes = message.get("bytes") or b""
         return data
 
-    def _dispatch(self, principal: Principal, raw: str | bytes) -> None:
+    async def _dispatch(self, raw: str | bytes) -> None:
         request_id: str | None = None
         try:
             doc = parse_json(raw, field="frame", max_depth=self._r.policy.max_json_depth)
@@ -199,6 +303,9 @@ class _Connection:
                 raise InvalidInputError(
                     f"type: unknown frame type {kind!r}; known: {', '.join(_KNOWN)}", field="type"
                 )
+            if kind == "auth":  # served in line, so every later frame runs on the new credentials
+                await self._reauthenticate(request_id, doc)
+                return
             if request_id is None:
                 raise InvalidInputError(f"id: required, a string of 1 to {_MAX_ID} characters", field="id")
             if kind == "stop":
@@ -206,8 +313,6 @@ class _Connection:
                 if task is not None:
                     task.cancel()
                 return
-            if kind == "auth":
-                raise InvalidInputError("type: already authenticated", field="type")
             if request_id in self._running:
                 raise InvalidInputError(f"id: request {request_id!r} is still running", field="id")
             if len(self._running) >= self._r.policy.max_in_flight:
@@ -218,6 +323,7 @@ class _Connection:
             self._spawn(None, self._send({"type": "error", "id": request_id, "error": error_body(exc)}))
             return
         REQUESTS.labels("websocket").inc()
+        principal = self._current().principal
         self._running[request_id] = self._spawn(request_id, self._serve(principal, request_id, kind, doc))
 
     def _spawn(self, request_id: str | None, coro: Any) -> asyncio.Task[None]:

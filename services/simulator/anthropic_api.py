@@ -17,7 +17,7 @@ from services.simulator._http import (
     read_json,
 )
 from services.simulator.behaviour import Fault
-from services.simulator.reply import Reply, compose, prompt_tokens
+from services.simulator.reply import Reply, arguments_object, compose, prompt_tokens, text_of, tool_call
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -121,6 +121,30 @@ def _forced_tool(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _tool(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The tool use to answer with, (name, input): a forced one, else the next scripted one, if any."""
+    choice = body.get("tool_choice")
+    choose = bool(body.get("tools")) and (
+        choice is None or (isinstance(choice, dict) and choice.get("type") == "auto")
+    )
+    call = tool_call(_conversation(body), forced=_forced_tool(body), scripted=choose)
+    return (call[0], arguments_object(call[1])) if call is not None else None
+
+
+def _conversation(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The system prompt and messages as role/content messages (tool uses marked), for the shared script rules;
+    tool results are left out, as in the OpenAI format, where they are ``tool`` messages."""
+    system = text_of(body.get("system"))
+    out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    for message in body["messages"]:
+        content = message.get("content")
+        blocks = content if isinstance(content, list) else []
+        text = content if isinstance(content, str) else text_of([b for b in blocks if b["type"] == "text"])
+        uses = [b for b in blocks if b["type"] == "tool_use"]
+        out.append({"role": message["role"], "content": text, "tool_calls": uses})
+    return out
+
+
 class AnthropicRoutes(ModelRoutes):
     """Handlers for the Anthropic-compatible routes, bound to the behaviour table and the stats."""
 
@@ -148,7 +172,7 @@ class AnthropicRoutes(ModelRoutes):
             return fault_response(fault, model)
 
         reply = compose(model, messages, body.get("max_tokens"))
-        tool = _forced_tool(body)
+        tool = _tool(body)
         message_id = f"msg_sim_{next(self._ids)}"
         usage = {
             "input_tokens": prompt_tokens(messages, body.get("system")),
@@ -160,7 +184,7 @@ class AnthropicRoutes(ModelRoutes):
             return await self._stream(request, model, events, behaviour)
 
         content: dict[str, Any] = (
-            {"type": "tool_use", "id": f"toolu_sim_{message_id[8:]}", "name": tool, "input": {}}
+            {"type": "tool_use", "id": f"toolu_sim_{message_id[8:]}", "name": tool[0], "input": tool[1]}
             if tool is not None
             else {"type": "text", "text": reply.text}
         )
@@ -200,7 +224,12 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 
 def _stream_events(
-    message_id: str, model: str, reply: Reply, tool: str | None, usage: dict[str, int], stop_reason: str
+    message_id: str,
+    model: str,
+    reply: Reply,
+    tool: tuple[str, dict[str, Any]] | None,
+    usage: dict[str, int],
+    stop_reason: str,
 ) -> list[bytes]:
     """Every SSE event of a streamed message, in the order the real API sends them."""
     start: dict[str, Any] = {
@@ -217,15 +246,23 @@ def _stream_events(
         block: dict[str, Any] = {
             "type": "tool_use",
             "id": f"toolu_sim_{message_id[8:]}",
-            "name": tool,
+            "name": tool[0],
             "input": {},
         }
-        delta = {
-            "type": "content_block_delta",
-            "index": 0,
-            "delta": {"type": "input_json_delta", "partial_json": "{}"},
-        }
-        deltas = [_event("content_block_delta", delta)]
+        # The input arrives as JSON text in pieces, as the real API sends it; the client joins them.
+        text = encode(tool[1])
+        cut = len(text) // 2
+        deltas = [
+            _event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": part},
+                },
+            )
+            for part in (text[:cut], text[cut:])
+        ]
     else:
         block = {"type": "text", "text": ""}
         # Only the text is encoded per delta (this is the benchmark path).

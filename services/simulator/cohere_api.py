@@ -16,7 +16,7 @@ from services.simulator._http import (
     read_json,
 )
 from services.simulator.behaviour import Fault
-from services.simulator.reply import Reply, compose, prompt_tokens
+from services.simulator.reply import Reply, compose, prompt_tokens, tool_call
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -90,6 +90,12 @@ def _forced_tool(body: dict[str, Any]) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def _tool(body: dict[str, Any]) -> tuple[str, str] | None:
+    """The tool call to answer with, (name, arguments): a required one, else the next scripted one, if any."""
+    choose = bool(body.get("tools")) and "tool_choice" not in body
+    return tool_call(body["messages"], forced=_forced_tool(body), scripted=choose)
+
+
 class CohereRoutes(ModelRoutes):
     """Handlers for the Cohere v2 routes, bound to the behaviour table and the stats."""
 
@@ -112,19 +118,22 @@ class CohereRoutes(ModelRoutes):
             return fault_response(fault, model)
 
         reply = compose(model, messages, body.get("max_tokens"))
-        tool = _forced_tool(body)
+        tool = _tool(body)
         message_id = f"sim-{next(self._ids)}"
         usage_out = 2 if tool is not None else reply.tokens
         counts = {"input_tokens": usage_in, "output_tokens": usage_out}
         usage = {"billed_units": counts, "tokens": counts}
         finish = "TOOL_CALL" if tool is not None else "MAX_TOKENS" if reply.truncated else "COMPLETE"
-        call = {"id": f"call_{message_id}", "type": "function", "function": {"name": tool, "arguments": "{}"}}
+        call: dict[str, Any] | None = None
+        if tool is not None:
+            function = {"name": tool[0], "arguments": tool[1]}
+            call = {"id": f"call_{message_id}", "type": "function", "function": function}
         if body.get("stream"):
-            events = _stream_events(message_id, reply, call if tool is not None else None, usage, finish)
+            events = _stream_events(message_id, reply, call, usage, finish)
             return await self._stream(request, model, events, behaviour)
         message: dict[str, Any] = {"role": "assistant"}
-        if tool is not None:
-            message["tool_plan"] = f"I will call {tool}."
+        if call is not None:
+            message["tool_plan"] = f"I will call {call['function']['name']}."
             message["tool_calls"] = [call]
         else:
             message["content"] = [{"type": "text", "text": reply.text}]

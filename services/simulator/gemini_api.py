@@ -8,7 +8,7 @@ from aiohttp import web
 
 from services.simulator._http import MAX_INT32, ModelRoutes, encode, json_response, read_json
 from services.simulator.behaviour import Fault
-from services.simulator.reply import Reply, compose, prompt_tokens
+from services.simulator.reply import Reply, arguments_object, compose, prompt_tokens, tool_call
 
 _STATUS = {
     400: "INVALID_ARGUMENT",
@@ -112,8 +112,15 @@ def _text(parts: Any) -> str:
 
 
 def _as_messages(contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Contents as role/content messages, so the shared reply rules apply."""
-    return [{"role": c.get("role", "user"), "content": _text(c.get("parts"))} for c in contents]
+    """Contents as role/content messages (model turns with function calls marked), so the shared rules apply."""
+    return [
+        {
+            "role": "assistant" if c.get("role") == "model" else "user",
+            "content": _text(c.get("parts")),
+            "tool_calls": [p for p in c.get("parts") or () if "functionCall" in p],
+        }
+        for c in contents
+    ]
 
 
 def _forced_tool(body: dict[str, Any]) -> str | None:
@@ -131,6 +138,20 @@ def _forced_tool(body: dict[str, Any]) -> str | None:
             name = declarations[0].get("name")
             return name if isinstance(name, str) else None
     return None
+
+
+def _tool(
+    body: dict[str, Any], messages: list[dict[str, Any]], system: str
+) -> tuple[str, dict[str, Any]] | None:
+    """The function call to answer with, (name, args): a forced one, else the next scripted one, if any."""
+    config = body.get("toolConfig")
+    calling = config.get("functionCallingConfig") if isinstance(config, dict) else None
+    mode = calling.get("mode", "AUTO") if isinstance(calling, dict) else "AUTO"
+    conversation = ([{"role": "system", "content": system}] if system else []) + messages
+    call = tool_call(
+        conversation, forced=_forced_tool(body), scripted=bool(body.get("tools")) and mode == "AUTO"
+    )
+    return (call[0], arguments_object(call[1])) if call is not None else None
 
 
 class GeminiRoutes(ModelRoutes):
@@ -172,7 +193,7 @@ class GeminiRoutes(ModelRoutes):
 
         config = body.get("generationConfig") or {}
         reply = compose(model, messages, config.get("maxOutputTokens"))
-        tool = _forced_tool(body)
+        tool = _tool(body, messages, system_text)
         usage_out = 2 if tool is not None else reply.tokens
         usage = {
             "promptTokenCount": usage_in,
@@ -184,7 +205,7 @@ class GeminiRoutes(ModelRoutes):
             return await self._stream(
                 request, model, _stream_events(head, reply, tool, usage, finish), behaviour
             )
-        parts = [{"functionCall": {"name": tool, "args": {}}}] if tool is not None else [{"text": reply.text}]
+        parts = [_function_call(tool)] if tool is not None else [{"text": reply.text}]
         self._stats.record(model, "ok")
         return json_response({**_candidate(parts, finish), "usageMetadata": usage, **head})
 
@@ -196,19 +217,27 @@ def _candidate(parts: list[dict[str, Any]], finish: str | None) -> dict[str, Any
     return {"candidates": [candidate]}
 
 
+def _function_call(tool: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"functionCall": {"name": tool[0], "args": tool[1]}}
+
+
 def _event(data: dict[str, Any]) -> bytes:
     return b"data: " + encode(data).encode() + b"\r\n\r\n"
 
 
 def _stream_events(
-    head: dict[str, Any], reply: Reply, tool: str | None, usage: dict[str, int], finish: str
+    head: dict[str, Any],
+    reply: Reply,
+    tool: tuple[str, dict[str, Any]] | None,
+    usage: dict[str, int],
+    finish: str,
 ) -> list[bytes]:
     """Every SSE event of a streamed answer; the last carries finishReason and usageMetadata."""
     if tool is not None:
         return [
             _event(
                 {
-                    **_candidate([{"functionCall": {"name": tool, "args": {}}}], finish),
+                    **_candidate([_function_call(tool)], finish),
                     "usageMetadata": usage,
                     **head,
                 }

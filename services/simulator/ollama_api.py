@@ -17,7 +17,14 @@ from services.simulator._http import (
     read_json,
 )
 from services.simulator.behaviour import Fault
-from services.simulator.reply import compose, last_user_text, prompt_tokens
+from services.simulator.reply import (
+    arguments_object,
+    compose,
+    last_user_text,
+    prompt_tokens,
+    tool_call,
+    without_script,
+)
 
 
 def error_response(status: int, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
@@ -82,14 +89,20 @@ def _check(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _called_tool(body: dict[str, Any]) -> str | None:
-    """The tool the simulated model calls: the first offered tool whose name the last user message mentions."""
-    text = last_user_text(body["messages"])
-    for tool in body.get("tools") or ():
+def _called_tool(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The tool call to answer with, (name, arguments): the next scripted one, else the first offered tool
+    whose name the last user message mentions (outside its script lines), with no arguments."""
+    if not body.get("tools"):
+        return None
+    scripted = tool_call(body["messages"], scripted=True)
+    if scripted is not None:
+        return scripted[0], arguments_object(scripted[1])
+    text = without_script(last_user_text(body["messages"]))
+    for tool in body["tools"]:
         function = tool.get("function") if isinstance(tool, dict) else None
         name = function.get("name") if isinstance(function, dict) else None
         if isinstance(name, str) and name and name in text:
-            return name
+            return name, {}
     return None
 
 
@@ -132,7 +145,7 @@ class OllamaRoutes(ModelRoutes):
         }
         message: dict[str, Any] = {"role": "assistant", "content": "" if tool is not None else reply.text}
         if tool is not None:
-            message["tool_calls"] = [{"function": {"name": tool, "arguments": {}}}]
+            message["tool_calls"] = [{"function": {"name": tool[0], "arguments": tool[1]}}]
         if body.get("stream", True):
             lines = (
                 [_line({**head, "message": message, "done": False})]

@@ -28,7 +28,7 @@ from services.simulator.reply import (
     embedding,
     last_turn_text,
     prompt_tokens,
-    scripted_call,
+    tool_call,
 )
 
 SYSTEM_FINGERPRINT = "openclaw-simulator"
@@ -147,12 +147,8 @@ def _check_chat(body: dict[str, Any]) -> tuple[str, str] | None:
 
 def _tool(body: dict[str, Any]) -> tuple[str, str] | None:
     """The tool call to answer with, (name, arguments): a forced one, else the next scripted one, if any."""
-    forced = _forced_tool(body)
-    if forced is not None:
-        return forced, "{}"
-    if body.get("tools") and body.get("tool_choice", "auto") == "auto":
-        return scripted_call(body["messages"])
-    return None
+    choose = bool(body.get("tools")) and body.get("tool_choice", "auto") == "auto"
+    return tool_call(body["messages"], forced=_forced_tool(body), scripted=choose)
 
 
 def _forced_tool(body: dict[str, Any]) -> str | None:

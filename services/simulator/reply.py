@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 FIRST_LINE_MAX = 200
 """The summary quotes at most this many characters of the first line."""
@@ -86,6 +88,40 @@ def scripted_call(messages: Sequence[object]) -> tuple[str, str] | None:
                 if name:
                     script.append((name, arguments.strip() or "{}"))
     return script[calls_made] if calls_made < len(script) else None
+
+
+def tool_call(
+    messages: Sequence[object], *, forced: str | None = None, scripted: bool = False
+) -> tuple[str, str] | None:
+    """The tool call to answer with in any format, (name, arguments as JSON text), or None for a text reply.
+
+    A forced call (the request's tool choice names or requires a tool) carries the arguments of the next
+    scripted call when that names the same tool, else ``{}``; when the request lets the model choose
+    (``scripted``), the next scripted call is the answer. ``messages`` are role/content dicts whose assistant
+    turns with tool calls have a truthy ``tool_calls`` (each format converts its own conversation so).
+    """
+    script = scripted_call(messages)
+    if forced is not None:
+        return forced, script[1] if script is not None and script[0] == forced else "{}"
+    return script if scripted else None
+
+
+def arguments_object(arguments: str) -> dict[str, Any]:
+    """Arguments for the formats that carry them as a JSON object (Anthropic, Gemini, Ollama).
+
+    A script whose arguments are not a JSON object (invalid JSON included) gives ``{"_raw": <text>}``, the
+    router's own spelling of unparseable arguments, so a bad call can still be scripted in every format.
+    """
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return {"_raw": arguments}
+    return value if isinstance(value, dict) else {"_raw": arguments}
+
+
+def without_script(text: str) -> str:
+    """The text minus its ``sim-call:`` lines (so a script line does not also read as prose naming a tool)."""
+    return "\n".join(line for line in text.splitlines() if not line.strip().startswith(SCRIPT_PREFIX))
 
 
 def last_turn_text(messages: Sequence[object]) -> str:

@@ -32,8 +32,9 @@ from services.common.errors import (
 from services.common.redis_client import open_redis
 from services.common.topology import Topology
 from services.executor.context import OpContext
+from services.executor.ops._postgres import PostgresPools
 from services.executor.ops.http import HttpClient
-from tests.integration.test_executor import Harness, harness  # noqa: F401
+from tests.integration.test_executor import Harness, eventually, harness  # noqa: F401
 from tests.unit.ops.harness import ctx_for, run_op
 
 pytestmark = pytest.mark.integration
@@ -144,7 +145,8 @@ async def test_a_tenant_can_neither_read_nor_list_another_tenants_keys(kv: OpCon
 
 
 async def test_keys_are_listed_a_page_at_a_time(kv: OpContext) -> None:
-    names = {f"job:{i}" for i in range(40)}
+    # More keys than one SCAN of COUNT 100 covers even in an empty Redis (a 40-key table fits in one call).
+    names = {f"job:{i}" for i in range(400)}
     for name in names:
         await run_op("kv_set", {"key": name, "value": 1}, kv)
     await run_op("kv_set", {"key": "other", "value": 1}, kv)
@@ -201,19 +203,45 @@ async def test_redis_out_of_reach_is_a_retryable_error(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def pg(tmp_path: Path, namespace: str) -> AsyncIterator[OpContext]:
-    """A schema of the test's own in database test, as the search path of credential set "reports"."""
+async def pools() -> AsyncIterator[PostgresPools]:
+    made = PostgresPools()
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+async def pg(tmp_path: Path, namespace: str, pools: PostgresPools) -> AsyncIterator[OpContext]:
+    """A schema of the test's own in database test, as the search path of credential set "reports" (whose
+    connections carry the namespace as application_name), through the executor's pools."""
     schema = f"s_{namespace}"
     async with await psycopg.AsyncConnection.connect(PG_BASE, autocommit=True) as admin:
         await admin.execute(f"CREATE SCHEMA {schema}")
         credentials = {
-            "reports": {"dsn": f"{PG_BASE}?options=-csearch_path%3D{schema}", "tenants": "acme"},
+            "reports": {
+                "dsn": f"{PG_BASE}?application_name={namespace}&options=-csearch_path%3D{schema}",
+                "tenants": "acme,globex",
+            },
             "down": {"dsn": "postgresql://postgres@127.0.0.1:1/test"},
         }
         try:
-            yield ctx_for(tmp_path, credentials=credentials)
+            yield ctx_for(tmp_path, credentials=credentials, postgres=pools)
         finally:
             await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+async def _backends(application_name: str) -> set[int]:
+    """The server's backend pids of connections with this application_name."""
+    async with await psycopg.AsyncConnection.connect(PG_BASE, autocommit=True) as admin:
+        cur = await admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [application_name]
+        )
+        return {row[0] for row in await cur.fetchall()}
+
+
+async def _pid(ctx: OpContext) -> int:
+    out = await run_op("sql_query", {"auth": "reports", "sql": "SELECT pg_backend_pid() AS pid"}, ctx)
+    pid: int = out["rows"][0]["pid"]
+    return pid
 
 
 async def _orders(pg: OpContext) -> None:
@@ -358,8 +386,113 @@ async def test_postgres_errors_name_the_problem(pg: OpContext) -> None:
         await run_op("sql_query", {"auth": "reports", "sql": "SELECT %s", "params": [1, 2]}, pg)
     with pytest.raises(UnavailableError, match="cannot connect to PostgreSQL with credential set 'down'"):
         await run_op("sql_query", {"auth": "down", "sql": "SELECT 1"}, pg)
-    with pytest.raises(PermissionDeniedError, match="may not be used by tenant 'globex'"):
-        await run_op("sql_query", {"auth": "reports", "sql": "SELECT 1"}, other_tenant(pg))
+    with pytest.raises(PermissionDeniedError, match="may not be used by tenant 'initech'"):
+        await run_op("sql_query", {"auth": "reports", "sql": "SELECT 1"}, other_tenant(pg, "initech"))
+
+
+async def test_postgres_calls_reuse_one_pooled_connection_reset_between_calls(
+    pg: OpContext, namespace: str
+) -> None:
+    changed = await run_op(
+        "sql_query",
+        {"auth": "reports", "sql": "SELECT set_config('search_path', 'elsewhere', false) AS v"},
+        pg,
+    )
+    assert changed["rows"] == [{"v": "elsewhere"}]
+    with pytest.raises(TimeoutError_):  # cancelled by statement_timeout: the connection is still usable
+        await run_op("sql_query", {"auth": "reports", "sql": "SELECT pg_sleep(5)", "timeout_s": 0.3}, pg)
+    first = await _pid(pg)
+    path = await run_op(
+        "sql_query", {"auth": "reports", "sql": "SELECT current_setting('search_path') AS v"}, pg
+    )
+    assert path["rows"] == [{"v": f"s_{namespace}"}]  # the session setting did not outlive its call
+    assert await _pid(pg) == first
+    assert await _backends(namespace) == {first}
+
+
+async def test_postgres_pools_are_per_tenant(pg: OpContext, pools: PostgresPools, namespace: str) -> None:
+    acme = await _pid(pg)
+    globex = await _pid(other_tenant(pg))
+    assert acme != globex
+    assert await _pid(pg) == acme and await _pid(other_tenant(pg)) == globex
+    assert await _backends(namespace) == {acme, globex}
+    assert {tenant for tenant, _ in pools.stats()} == {"acme", "globex"}
+
+
+async def test_a_pool_opens_at_most_max_size_connections(tmp_path: Path, namespace: str) -> None:
+    dsn = f"{PG_BASE}?application_name={namespace}"
+    pools = PostgresPools(max_size=2)
+    ctx = ctx_for(tmp_path, credentials={"reports": {"dsn": dsn}}, postgres=pools)
+    try:
+        sql = "SELECT pg_backend_pid() AS pid, pg_sleep(0.1) AS slept"
+        outs = await asyncio.gather(
+            *(run_op("sql_query", {"auth": "reports", "sql": sql}, ctx) for _ in range(6))
+        )
+        pids = {out["rows"][0]["pid"] for out in outs}
+        assert len(pids) == 2
+        assert await _backends(namespace) == pids
+    finally:
+        await pools.close()
+
+
+async def test_idle_connections_and_empty_pools_are_evicted(tmp_path: Path, namespace: str) -> None:
+    dsn = f"{PG_BASE}?application_name={namespace}"
+    pools = PostgresPools(max_idle_s=0.2)
+    ctx = ctx_for(tmp_path, credentials={"reports": {"dsn": dsn}}, postgres=pools)
+    try:
+        pid = await _pid(ctx)
+        assert await _backends(namespace) == {pid}
+
+        async def gone() -> bool:
+            return not await _backends(namespace) and pools.stats() == {}
+
+        await eventually(gone, 10.0, "the idle connection to be closed by the sweep")
+        assert await _pid(ctx) != pid  # a new connection, in a new pool
+    finally:
+        await pools.close()
+
+
+async def test_the_least_recently_used_pool_is_dropped_past_max_pools(tmp_path: Path, namespace: str) -> None:
+    pools = PostgresPools(max_pools=1)
+    credentials = {"reports": {"dsn": f"{PG_BASE}?application_name={namespace}"}}
+    ctx = ctx_for(tmp_path, credentials=credentials, postgres=pools)
+    try:
+        acme = await _pid(ctx)
+        globex = await _pid(other_tenant(ctx))
+
+        async def only_globex() -> bool:
+            return await _backends(namespace) == {globex}
+
+        await eventually(only_globex, 10.0, "acme's pool to be closed")
+        assert acme != globex and list(pools.stats()) == [("globex", credentials["reports"]["dsn"])]
+    finally:
+        await pools.close()
+
+
+async def test_closed_pools_close_their_connections_and_refuse_calls(
+    pg: OpContext, pools: PostgresPools, namespace: str
+) -> None:
+    await _pid(pg)
+    await _pid(other_tenant(pg))
+    assert len(await _backends(namespace)) == 2
+    await pools.close()
+
+    async def none_left() -> bool:
+        return not await _backends(namespace)
+
+    await eventually(none_left, 10.0, "the pooled connections to be closed")
+    with pytest.raises(UnavailableError, match="shutting down"):
+        await _pid(pg)
+
+
+async def test_without_pools_each_call_has_its_own_connection(pg: OpContext, namespace: str) -> None:
+    unpooled = dataclasses.replace(pg, services=dataclasses.replace(pg.services, postgres=None))
+    assert await _pid(unpooled) != await _pid(unpooled)
+
+    async def none_left() -> bool:
+        return not await _backends(namespace)
+
+    await eventually(none_left, 10.0, "the per-call connections to be closed")
 
 
 # -- RabbitMQ -------------------------------------------------------------------------------------------
@@ -681,3 +814,41 @@ async def test_a_workflow_uses_redis_sqlite_and_rabbitmq_through_the_executor(
         "sql_query", {"path": "shop.db", "sql": "SELECT n FROM seen"}, ctx_for(harness.storage)
     )
     assert rows["rows"] == [{"n": 2}]
+
+
+async def test_the_executor_pools_postgres_connections_and_closes_them_when_it_stops(
+    harness: Harness,  # noqa: F811
+    namespace: str,
+) -> None:
+    dsn = f"{PG_BASE}?application_name={namespace}"
+    app = await harness.start(credentials={"reports": {"dsn": dsn, "tenants": ["acme"]}})
+    workflow = {
+        "name": "pids",
+        "steps": [
+            {
+                "id": "one",
+                "type": "sql_query",
+                "params": {"auth": "reports", "sql": "SELECT pg_backend_pid() AS pid"},
+            },
+            {
+                "id": "two",
+                "type": "sql_query",
+                "params": {
+                    "auth": "reports",
+                    "sql": "SELECT pg_backend_pid() AS pid, %s::int AS before",
+                    "params": ["${{ steps.one.output.rows[0].pid }}"],
+                },
+            },
+        ],
+    }
+    record = await harness.wait(await harness.submit(workflow))
+    assert record.status == "succeeded", record.error
+    [row] = record.result["rows"]
+    assert row["pid"] == row["before"]  # the second step had the first step's connection
+    assert await _backends(namespace) == {row["pid"]}  # and it stays open for the next task
+    await app.stop()
+
+    async def none_left() -> bool:
+        return not await _backends(namespace)
+
+    await eventually(none_left, 10.0, "the executor's pooled connections to be closed")

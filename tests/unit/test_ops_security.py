@@ -1,5 +1,5 @@
-"""Operations' security limits: credential scopes and redirects, the S3 thread pool, file_read's ceiling, and
-IPv6 forms that embed an IPv4 address in the SSRF guard."""
+"""Operations' security limits: credential scopes and redirects, the S3 thread pool, file_read's ceiling,
+IPv6 forms that embed an IPv4 address in the SSRF guard, and the bounded set of per-policy HTTP sessions."""
 
 from __future__ import annotations
 
@@ -20,10 +20,16 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
-from services.common.errors import PayloadTooLargeError, PermissionDeniedError
+from services.common.errors import (
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    TimeoutError_,
+    UnavailableError,
+)
+from services.common.tenants import NetworkPolicy
 from services.executor.context import OpContext, OpServices
 from services.executor.ops import catalogue, files
-from services.executor.ops.http import HttpClient, is_public
+from services.executor.ops.http import HttpClient, is_public, tenant_network
 from services.executor.settings import ExecutorSettings
 
 TENANT = "acme"
@@ -356,3 +362,110 @@ async def test_http_request_refuses_embedded_private_targets(tmp_path: Path, hos
         ctx = ctx_for(tmp_path, OpServices(storage_root=tmp_path, http=client))
         with pytest.raises(PermissionDeniedError, match="private"):
             await run("http_request", {"url": f"http://{host}:9/"}, ctx)
+
+
+# -- sessions per network policy ---------------------------------------------------------------------------
+
+
+class SlowSite:
+    """A loopback site: /fast answers at once; /slow sends its headers and first bytes, then waits for ``go``."""
+
+    def __init__(self) -> None:
+        self.arrived = asyncio.Event()
+        self.go = asyncio.Event()
+        self.base = ""
+
+    async def fast(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text="fast")
+
+    async def slow(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first,")
+        self.arrived.set()
+        await self.go.wait()
+        await response.write(b"last")
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+async def slow_site() -> AsyncIterator[SlowSite]:
+    s = SlowSite()
+    app = web.Application()
+    app.router.add_get("/fast", s.fast)
+    app.router.add_get("/slow", s.slow)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    tcp = web.TCPSite(runner, "127.0.0.1", 0)
+    await tcp.start()
+    s.base = f"http://127.0.0.1:{tcp._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    yield s
+    s.go.set()
+    await runner.cleanup()
+
+
+def policies(n: int) -> list[NetworkPolicy]:
+    """n distinct tenant network policies that all reach loopback (the client allows private networks)."""
+    return [NetworkPolicy(allow_private=(f"10.{i}.0.0/16",)) for i in range(n)]
+
+
+async def fetch(client: HttpClient, policy: NetworkPolicy, url: str) -> bytes:
+    with tenant_network(policy):
+        async with client.open("GET", url) as response:
+            return await client.read(response)
+
+
+async def test_sessions_past_max_sessions_are_evicted_and_closed(slow_site: SlowSite) -> None:
+    a, b, c = policies(3)
+    async with HttpClient(allow_private_network=True, max_sessions=2) as client:
+        assert await fetch(client, a, f"{slow_site.base}/fast") == b"fast"
+        first = client._sessions[a].session
+        await fetch(client, b, f"{slow_site.base}/fast")
+        assert await fetch(client, a, f"{slow_site.base}/fast") == b"fast"  # a is reused, now the most recent
+        assert client._sessions[a].session is first
+        await fetch(client, c, f"{slow_site.base}/fast")
+        assert list(client._sessions) == [a, c]  # b, least recently used, was evicted
+        assert not first.closed
+        sessions = [entry.session for entry in client._sessions.values()]
+    assert all(session.closed for session in sessions)
+
+
+async def test_an_evicted_session_serves_its_request_to_the_end_then_closes(slow_site: SlowSite) -> None:
+    a, b, c = policies(3)
+    async with HttpClient(allow_private_network=True, max_sessions=2) as client:
+        slow = asyncio.create_task(fetch(client, a, f"{slow_site.base}/slow"))
+        await slow_site.arrived.wait()
+        evicted = client._sessions[a].session
+        await fetch(client, b, f"{slow_site.base}/fast")
+        await fetch(client, c, f"{slow_site.base}/fast")
+        assert a not in client._sessions
+        assert not evicted.closed  # the slow request is still reading through it
+        slow_site.go.set()
+        assert await slow == b"first,last"
+        assert evicted.closed
+        # The policy comes back: a new session for it, and the least recently used one goes.
+        assert await fetch(client, a, f"{slow_site.base}/fast") == b"fast"
+        assert list(client._sessions) == [c, a]
+
+
+async def test_closing_the_client_closes_evicted_sessions_still_in_use(slow_site: SlowSite) -> None:
+    a, b = policies(2)
+    client = HttpClient(allow_private_network=True, max_sessions=1, timeout_s=1.0)
+    slow = asyncio.create_task(fetch(client, a, f"{slow_site.base}/slow"))
+    await slow_site.arrived.wait()
+    evicted = client._sessions[a].session
+    await fetch(client, b, f"{slow_site.base}/fast")
+    current = client._sessions[b].session
+    assert not evicted.closed
+    await client.close()
+    assert evicted.closed and current.closed
+    # Shutdown comes after the worker's drain; a request still running then fails (after its timeout:
+    # aiohttp does not wake a reader whose session is closed) rather than finishing on a closed session.
+    with pytest.raises((UnavailableError, TimeoutError_)):
+        await slow
+
+
+def test_max_sessions_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_sessions must be at least 1"):
+        HttpClient(max_sessions=0)

@@ -11,7 +11,8 @@ Tenant network policy: inside ``tenant_network(policy)`` (the executor's governa
 it) the tenant's NetworkPolicy applies on top: private ranges only if the tenant lists them (or the executor
 allows private networks), and only ``allowed_hosts`` when it names some; checked at the same places, redirects
 included. Each distinct policy gets its own connection pool and DNS cache, so a connection or a cached address
-one tenant may use is never handed to another tenant's request.
+one tenant may use is never handed to another tenant's request. The client keeps the sessions of the
+``max_sessions`` policies used most recently; an evicted session is closed once no request is using it.
 
 Credentials: headers from a credential set, and any Authorization, Proxy-Authorization or Cookie header,
 are sent to the first URL's origin only; a redirect to another scheme, host or port drops them.
@@ -226,8 +227,20 @@ def auth_headers(credential: Mapping[str, str]) -> dict[str, str]:
     raise InvalidInputError("auth: this credential set has no bearer_token or username for HTTP")
 
 
+class _PolicySession:
+    """One network policy's session and how many requests are using it."""
+
+    __slots__ = ("evicted", "session", "users")
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.users = 0
+        self.evicted = False
+
+
 class HttpClient:
-    """One pooled aiohttp session with the SSRF guard, size limits and a breaker per target host."""
+    """Pooled aiohttp sessions (one per tenant network policy) with the SSRF guard, size limits and a breaker
+    per target host."""
 
     def __init__(
         self,
@@ -238,16 +251,24 @@ class HttpClient:
         max_redirects: int = 5,
         max_hosts: int = 256,
         s3_max_threads: int = 8,
+        max_sessions: int = 64,
     ) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, not {max_sessions}")
         self.allow_private_network = allow_private_network
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.max_redirects = max_redirects
         self.s3_max_threads = s3_max_threads
         self._max_hosts = max_hosts
+        self.max_sessions = max_sessions
         # One session per tenant network policy in use (None: the guard alone), each with its own pool and DNS
-        # cache: a connection or cached address checked for one policy is never reused under another.
-        self._sessions: dict[NetworkPolicy | None, aiohttp.ClientSession] = {}
+        # cache: a connection or cached address checked for one policy is never reused under another. Least
+        # recently used first; past max_sessions the oldest is evicted, so policies that come and go (many
+        # tenants, edited policies) do not keep connectors and DNS caches open for ever.
+        self._sessions: OrderedDict[NetworkPolicy | None, _PolicySession] = OrderedDict()
+        # Evicted sessions still serving a request: closed by the last one out (or by close()).
+        self._retiring: set[_PolicySession] = set()
         # boto3 blocks for a whole transfer; its own bounded pool keeps the loop's default executor
         # (DNS lookups, file operations) free however many S3 downloads run.
         self._s3_pool: ThreadPoolExecutor | None = None
@@ -260,21 +281,48 @@ class HttpClient:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
-    def _client(self, network: NetworkPolicy | None = None) -> aiohttp.ClientSession:
-        session = self._sessions.get(network)
-        if session is None or session.closed:
+    async def _lease(self, network: NetworkPolicy | None) -> _PolicySession:
+        """The policy's session, counted as in use until ``_release``; evicts (and closes, if idle) the least
+        recently used sessions past max_sessions."""
+        entry = self._sessions.get(network)
+        if entry is not None and not entry.session.closed:
+            self._sessions.move_to_end(network)
+        else:
             connector = aiohttp.TCPConnector(
                 resolver=_GuardedResolver(self.allow_private_network, network), limit=200, ttl_dns_cache=30
             )
-            session = self._sessions[network] = aiohttp.ClientSession(
-                connector=connector,
-                headers={"User-Agent": "openclaw-executor"},
-                auto_decompress=True,
-                trust_env=False,
-                # One session serves every tenant: a cookie one tenant received must never ride along with another's.
-                cookie_jar=aiohttp.DummyCookieJar(),
+            entry = self._sessions[network] = _PolicySession(
+                aiohttp.ClientSession(
+                    connector=connector,
+                    headers={"User-Agent": "openclaw-executor"},
+                    auto_decompress=True,
+                    trust_env=False,
+                    # Sessions outlive one tenant's request: a cookie received must never ride along later.
+                    cookie_jar=aiohttp.DummyCookieJar(),
+                )
             )
-        return session
+        entry.users += 1
+        idle: list[aiohttp.ClientSession] = []
+        while len(self._sessions) > self.max_sessions:
+            _, evicted = self._sessions.popitem(last=False)
+            evicted.evicted = True
+            if evicted.users:  # a request is still reading through it: the last one out closes it
+                self._retiring.add(evicted)
+            else:
+                idle.append(evicted.session)
+        try:
+            for session in idle:
+                await _close_session(session)
+        except BaseException:  # cancelled: the caller never gets the lease to release
+            await self._release(entry)
+            raise
+        return entry
+
+    async def _release(self, entry: _PolicySession) -> None:
+        entry.users -= 1
+        if entry.evicted and entry.users == 0 and entry in self._retiring:
+            self._retiring.discard(entry)
+            await _close_session(entry.session)
 
     async def run_s3(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking S3 call in the client's S3 thread pool (at most s3_max_threads at once)."""
@@ -329,51 +377,57 @@ class HttpClient:
             "url.full": str(current.with_query(None).with_user(None)),
             "server.address": current.host,
         }
-        async with self.hop(current.host).guard(f"HTTP {method}", **attrs) as span:
-            try:
-                response = None
-                for hop_no in range(self.max_redirects + 1):
-                    check_url(current, allow_private_network=self.allow_private_network, network=network)
-                    if _origin(current) != origin:  # once the chain leaves the origin, for good
-                        sent = {k: v for k, v in sent.items() if k.lower() not in private}
-                    response = await self._client(network).request(
-                        method,
-                        current,
-                        headers=sent,
-                        # The query belongs to the first URL; a redirect's Location carries its own.
-                        params=dict(query) if query and hop_no == 0 else None,
-                        json=json_body,
-                        data=data,
-                        timeout=timeout,
-                        allow_redirects=False,
-                    )
-                    location = response.headers.get("Location")
-                    if not (follow_redirects and response.status in _REDIRECTS and location):
-                        break
-                    response.release()
-                    current = response.url.join(URL(location))
-                    if response.status == 303 or (response.status in (301, 302) and method == "POST"):
-                        method, json_body, data = "GET", None, None
-                else:
-                    raise InvalidInputError(f"{url}: more than {self.max_redirects} redirects")
-                assert response is not None
-                span.set_attribute("http.response.status_code", response.status)
+        # One session for the whole redirect chain, held until the response is released: an eviction
+        # meanwhile must not close it under this request.
+        lease = await self._lease(network)
+        try:
+            async with self.hop(current.host).guard(f"HTTP {method}", **attrs) as span:
                 try:
-                    yield response
-                finally:
-                    response.release()
-            except aiohttp.ClientConnectorError as exc:
-                if isinstance(exc.os_error, BlockedAddressError):
-                    raise PermissionDeniedError(f"url: {exc.os_error}", host=current.host) from exc
-                raise UnavailableError(f"cannot connect to {current.host}: {exc.os_error}") from exc
-            except TimeoutError as exc:
-                # A timeout the step chose below the default must not open the host's breaker for everyone.
-                cls = CallerTimeoutError if timeout_s and timeout_s < self.timeout_s else TimeoutError_
-                raise cls(
-                    f"{current.host} did not answer within {timeout.total}s", host=current.host
-                ) from exc
-            except aiohttp.ClientError as exc:
-                raise UnavailableError(f"HTTP request to {current.host} failed: {exc}") from exc
+                    response = None
+                    for hop_no in range(self.max_redirects + 1):
+                        check_url(current, allow_private_network=self.allow_private_network, network=network)
+                        if _origin(current) != origin:  # once the chain leaves the origin, for good
+                            sent = {k: v for k, v in sent.items() if k.lower() not in private}
+                        response = await lease.session.request(
+                            method,
+                            current,
+                            headers=sent,
+                            # The query belongs to the first URL; a redirect's Location carries its own.
+                            params=dict(query) if query and hop_no == 0 else None,
+                            json=json_body,
+                            data=data,
+                            timeout=timeout,
+                            allow_redirects=False,
+                        )
+                        location = response.headers.get("Location")
+                        if not (follow_redirects and response.status in _REDIRECTS and location):
+                            break
+                        response.release()
+                        current = response.url.join(URL(location))
+                        if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                            method, json_body, data = "GET", None, None
+                    else:
+                        raise InvalidInputError(f"{url}: more than {self.max_redirects} redirects")
+                    assert response is not None
+                    span.set_attribute("http.response.status_code", response.status)
+                    try:
+                        yield response
+                    finally:
+                        response.release()
+                except aiohttp.ClientConnectorError as exc:
+                    if isinstance(exc.os_error, BlockedAddressError):
+                        raise PermissionDeniedError(f"url: {exc.os_error}", host=current.host) from exc
+                    raise UnavailableError(f"cannot connect to {current.host}: {exc.os_error}") from exc
+                except TimeoutError as exc:
+                    # A timeout the step chose below the default must not open the host's breaker for everyone.
+                    cls = CallerTimeoutError if timeout_s and timeout_s < self.timeout_s else TimeoutError_
+                    raise cls(
+                        f"{current.host} did not answer within {timeout.total}s", host=current.host
+                    ) from exc
+                except aiohttp.ClientError as exc:
+                    raise UnavailableError(f"HTTP request to {current.host} failed: {exc}") from exc
+        finally:
+            await self._release(lease)
 
     async def read(self, response: aiohttp.ClientResponse, max_bytes: int | None = None) -> bytes:
         """The body, refusing more than max_bytes (or the client's limit)."""
@@ -388,15 +442,23 @@ class HttpClient:
         return bytes(buf)
 
     async def close(self) -> None:
-        sessions, self._sessions = list(self._sessions.values()), {}
-        for session in sessions:
-            await session.close()
+        """Close every session (requests still running on one fail) and the S3 thread pool."""
+        entries = [*self._sessions.values(), *self._retiring]
+        self._sessions, self._retiring = OrderedDict(), set()
+        for entry in entries:
+            entry.evicted = True  # a request still holding it must not close it again
+            await _close_session(entry.session)
         if self._s3_pool is not None:
             # Transfers still running finish on their own threads; nothing new is started.
             self._s3_pool.shutdown(wait=False, cancel_futures=True)
             self._s3_pool = None
         # Let the connector's transports finish closing before the loop moves on.
         await asyncio.sleep(0)
+
+
+async def _close_session(session: aiohttp.ClientSession) -> None:
+    """Close a session even if the task closing it is cancelled meanwhile (a half-closed connector leaks)."""
+    await asyncio.shield(session.close())
 
 
 def _origin(url: URL) -> tuple[str, str, int | None]:

@@ -1,7 +1,8 @@
 """SQL operations against SQLite files in the tenant's storage and PostgreSQL through a credential set.
 
 A step names its database with ``path`` (an SQLite file under the tenant's storage root) or ``auth`` (a
-credential set with a ``dsn``, e.g. ``{"dsn": "postgresql://app@db/reports", "tenants": ["acme"]}``).
+credential set with a ``dsn``, e.g. ``{"dsn": "postgresql://app@db/reports", "tenants": ["acme"]}``; the
+executor pools its connections per tenant and DSN).
 Parameters are always bound, never formatted into the text: SQLite takes ``?`` or ``:name`` placeholders,
 PostgreSQL ``%s`` or ``%(name)s`` (a literal ``%`` is then written ``%%``). JSON objects and lists bind as
 JSON text in SQLite, as jsonb and arrays in PostgreSQL. Rows come back as objects keyed by column name.
@@ -84,6 +85,8 @@ async def _run(
             timeout_s=p.timeout_s,
             max_bytes=max_bytes,
             name=p.auth,
+            tenant=ctx.tenant,
+            pools=ctx.services.postgres,
         )
     assert p.path is not None
     if ctx.services.sealer is not None:
