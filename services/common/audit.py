@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -101,7 +102,7 @@ class Verification:
 def scrub(details: Mapping[str, Any]) -> dict[str, Any]:
     """Details with any secret-looking key replaced, recursively (a last line of defence, not the only one)."""
     out: dict[str, Any] = {}
-    for key, value in details.items():
+    for key, value in details.items():  # keys are few and repeat: _secret_key is cached
         if _secret_key(key):
             out[key] = "[redacted]"
         elif isinstance(value, Mapping):
@@ -111,6 +112,7 @@ def scrub(details: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def _secret_key(key: str) -> bool:
     words = [w for w in re.split(r"[^a-z0-9]+", key.lower()) if w]
     return (

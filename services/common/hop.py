@@ -12,6 +12,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 
+from services.common import telemetry
 from services.common.breaker import AsyncBreaker
 from services.common.errors import BreakerOpenError
 
@@ -52,8 +53,11 @@ class Hop:
     async def guard(self, span_name: str | None = None, **attributes: Any) -> AsyncIterator[trace.Span]:
         """Run the body as one call across this hop; yields the span so callers can add attributes."""
         start = time.perf_counter()
-        with self._tracer.start_as_current_span(
-            span_name or self.name, kind=self._span_kind, attributes={**self._attributes, **attributes}
+        with telemetry.span(
+            self._tracer,
+            span_name or self.name,
+            kind=self._span_kind,
+            attributes={**self._attributes, **attributes},
         ) as span:
             try:
                 async with self.breaker.guard():
@@ -89,7 +93,12 @@ class Hop:
         self, span_name: str, timed: bool, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
     ) -> T:
         start = time.perf_counter() if timed else None
-        span = self._tracer.start_span(span_name, kind=self._span_kind, attributes=self._attributes or None)
+        parent = trace.get_current_span()
+        span = (
+            parent
+            if telemetry.unsampled(parent)
+            else self._tracer.start_span(span_name, kind=self._span_kind, attributes=self._attributes or None)
+        )
         try:
             async with self.breaker.guard():
                 result = await fn(*args, **kwargs)
@@ -98,7 +107,8 @@ class Hop:
             span.record_exception(exc)  # as start_as_current_span does for guard's spans
             raise
         finally:
-            span.end()
+            if span is not parent:
+                span.end()
         self._succeeded(start)
         return result
 

@@ -50,9 +50,10 @@ def server_span(
 ) -> Iterator[trace.Span]:
     """A SERVER span continuing the caller's trace from the call's metadata."""
     parent = telemetry.extract(dict(context.invocation_metadata() or ()))
-    with _tracer.start_as_current_span(
+    with telemetry.span(
+        _tracer,
         f"{service}/{method}",
-        context=parent,
+        parent=parent,
         kind=SpanKind.SERVER,
         attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
     ) as span:

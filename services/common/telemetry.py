@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import context, propagate, trace
@@ -10,6 +11,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+from opentelemetry.trace import SpanKind
 
 
 def setup_tracing(service: str, otlp_endpoint: str) -> TracerProvider:
@@ -66,3 +68,35 @@ def current_trace_id() -> str:
     """The current trace id as 32 hex digits, or "" outside a trace."""
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+def unsampled(parent: trace.Span) -> bool:
+    """True under a parent span that was not sampled: a child span there would record nothing either (our
+    samplers are parent-based), so the hot paths skip making one and the parent's ids stand in. (The sampled
+    flag, not ``is_recording``, decides: a parent from another process is never recording here.)"""
+    ctx = parent.get_span_context()
+    return ctx.is_valid and not ctx.trace_flags.sampled
+
+
+@contextmanager
+def span(
+    tracer: trace.Tracer,
+    name: str,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, Any] | None = None,
+    parent: context.Context | None = None,
+) -> Iterator[trace.Span]:
+    """``tracer.start_as_current_span``, except under an unsampled parent: then that parent is made current
+    and yielded (trace and span ids still reach logs and outgoing headers; setting attributes is a no-op)."""
+    above = trace.get_current_span(parent)
+    if unsampled(above):
+        token = context.attach(parent) if parent is not None else None
+        try:
+            yield above
+        finally:
+            if token is not None:
+                context.detach(token)
+        return
+    with tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes) as made:
+        yield made

@@ -10,6 +10,7 @@ import sys
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from services.common import eventloop
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
 from services.executor.bootstrap import build
@@ -47,7 +48,7 @@ def main() -> int:
     setup_logging(settings.service, settings.log_level)
     setup_tracing(settings.service, settings.otlp_endpoint)
     try:
-        asyncio.run(serve(settings))
+        eventloop.run(serve(settings))
     except Exception:
         log.exception("executor failed")
         return 1

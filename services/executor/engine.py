@@ -25,6 +25,7 @@ from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Histogram
 from pydantic import ValidationError
 
+from services.common import telemetry
 from services.common.errors import InvalidInputError, OpenClawError, PayloadTooLargeError, TimeoutError_
 from services.executor import expressions, metrics
 from services.executor.agent import run_agent
@@ -246,8 +247,10 @@ class Run:
         failures = 0
         while True:
             start = time.perf_counter()
-            with _tracer.start_as_current_span(
-                f"step {keyed.id}", attributes={"openclaw.step.id": keyed.id, "openclaw.step.type": step.type}
+            with telemetry.span(
+                _tracer,
+                f"step {keyed.id}",
+                attributes={"openclaw.step.id": keyed.id, "openclaw.step.type": step.type},
             ) as span:
                 try:
                     output = await self.attempt(step, keyed, state, scope)

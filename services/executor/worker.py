@@ -264,9 +264,10 @@ class Worker:
         }
         if message.message_id:
             attributes["messaging.message.id"] = message.message_id
-        with _tracer.start_as_current_span(
+        with telemetry.span(
+            _tracer,
             f"process {self._topology.task_queue}",
-            context=telemetry.extract(headers),
+            parent=telemetry.extract(headers),
             kind=SpanKind.CONSUMER,
             attributes=attributes,
         ) as span:

@@ -9,6 +9,7 @@ import sys
 
 from pydantic import ValidationError
 
+from services.common import eventloop
 from services.common.errors import InvalidInputError
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
@@ -46,13 +47,7 @@ def main() -> None:
         sys.exit(2)
     setup_logging(settings.service, settings.log_level)
     try:
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(serve(settings))
-        else:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(serve(settings))
+        eventloop.run(serve(settings))
     except InvalidInputError as exc:  # a configuration file that does not load (TLS, tenants, channels...)
         print(f"openclaw-gateway: bad configuration: {exc.message}", file=sys.stderr)
         sys.exit(2)

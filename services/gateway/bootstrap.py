@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Mapping, Sequence
@@ -69,11 +70,18 @@ class ExecutorCatalogue:
         self._templates: Any = templates
         # The plugins the executors run are the ones submits are checked against (the same OPENCLAW_PLUGINS).
         self._ops = catalogue_with(plugins or {})
+        # Callers submit the same workflows again and again with new inputs (as the executor sees them, and
+        # it caches the same way): parsing a workflow text once, not per submit, is a tenth of a submit's CPU.
+        self._parsed = functools.lru_cache(maxsize=256)(self._parse)
 
-    def check_workflow(self, doc: dict[str, Any], inputs: dict[str, Any]) -> tuple[str, frozenset[str]]:
-        workflow = self._dsl.parse_workflow(doc, known_ops=self._ops)
+    def _parse(self, workflow_json: str) -> tuple[Any, str, frozenset[str]]:
+        workflow = self._dsl.parse_workflow(workflow_json, known_ops=self._ops)
+        return workflow, str(workflow.name), workflow_operations(workflow)
+
+    def check_workflow(self, workflow_json: str, inputs: dict[str, Any]) -> tuple[str, frozenset[str]]:
+        workflow, name, operations = self._parsed(workflow_json)
         workflow.bind_inputs(inputs)
-        return str(workflow.name), workflow_operations(workflow)
+        return name, operations
 
     def load_template(self, name: str) -> dict[str, Any]:
         doc: dict[str, Any] = self._templates.load_template(name)

@@ -155,7 +155,7 @@ class TaskRoutes:
             # ?wait=N: submit and long-poll in one request (a synchronous call costs one round trip, not two);
             # 200 with the ended task, or 202 with its state so far when it is still running after N seconds.
             if wait_s:
-                record = await self._tasks.get(call.principal.tenant, result.task.id, wait_s=wait_s)
+                record = await self._tasks.wait(result.task, wait_s)
                 ended = record.status in TERMINAL
                 return JSONResponse(task_body(record), status_code=200 if ended else 202, headers=headers)
             return JSONResponse(

@@ -70,7 +70,7 @@ class EnvelopePublisher(Protocol):
 class WorkflowCatalogue(Protocol):
     """What the executor accepts: checks a workflow document and resolves template names."""
 
-    def check_workflow(self, doc: dict[str, Any], inputs: dict[str, Any]) -> tuple[str, frozenset[str]]:
+    def check_workflow(self, workflow_json: str, inputs: dict[str, Any]) -> tuple[str, frozenset[str]]:
         """The workflow's name and every operation it may run (nested and called workflows included);
         InvalidInputError naming the problem's path if the executor would refuse it."""
         ...
@@ -297,6 +297,13 @@ class TaskService:
             record.steps = await self._redis_call("taskstore.steps", self._store.steps, tenant, task_id)
         return record
 
+    async def wait(self, record: TaskRecord, wait_s: float) -> TaskRecord:
+        """The task of a record in hand (one just submitted, say) once it has ended, or as it is after wait_s:
+        one blocking round trip, no read first."""
+        if record.status in TERMINAL:
+            return record
+        return await self._wait_until_ended(record.tenant, record.id, min(wait_s, MAX_WAIT_S), record)
+
     async def watch(
         self, tenant: str, task_id: str, *, after: str = "", heartbeat_s: float = 15.0
     ) -> AsyncGenerator[TaskEventRecord | None, None]:
@@ -358,11 +365,12 @@ class TaskService:
             doc = request.workflow
         else:
             raise InvalidInputError("workflow must be a JSON object", field="workflow")
-        name, operations = self._catalogue.check_workflow(doc, request.inputs or {})
+        workflow_json = json.dumps(doc, separators=(",", ":"))
+        name, operations = self._catalogue.check_workflow(workflow_json, request.inputs or {})
         if policy is not None:
             policy.check_operations(set(operations))
         inputs_json = json.dumps(request.inputs, separators=(",", ":")) if request.inputs is not None else ""
-        return json.dumps(doc, separators=(",", ":")), inputs_json, name
+        return workflow_json, inputs_json, name
 
     async def _abandon(self, record: TaskRecord, idempotency_key: str, cause: BaseException) -> None:
         """A task RabbitMQ did not take: mark it failed and free its key so a retry starts afresh."""

@@ -6,11 +6,10 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
-from typing import Any
 
 from pydantic import ValidationError
 
+from services.common import eventloop
 from services.common.errors import InvalidInputError
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
@@ -32,16 +31,6 @@ async def serve(app: RouterApp) -> None:
     await stop.wait()
     log.info("stopping", extra={"grace_s": app.settings.drain_seconds})
     await app.stop(app.settings.drain_seconds)
-
-
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when installed (it shaves about a tenth off the router's per-call cost), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
 
 
 def _describe(exc: ValidationError) -> str:
@@ -66,7 +55,7 @@ def main() -> int:
         return 2
     setup_tracing(SERVICE_NAME, settings.otlp_endpoint)
     try:
-        _run(serve(app))
+        eventloop.run(serve(app))
     except RuntimeError as exc:
         log.error("router failed: %s", exc)
         return 1
