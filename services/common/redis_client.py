@@ -26,10 +26,17 @@ _MAYBE_BLOCKING = frozenset({"XREAD", "XREADGROUP"})  # blocking only with a BLO
 
 
 def _blocks(args: tuple[Any, ...]) -> bool:
-    name = str(args[0]).upper()
+    name = _word(args[0])
     if name in _BLOCKING:
         return True
-    return name in _MAYBE_BLOCKING and any(isinstance(a, str) and a.upper() == "BLOCK" for a in args[1:])
+    return name in _MAYBE_BLOCKING and any(_word(a) == "BLOCK" for a in args[1:])
+
+
+def _word(arg: Any) -> str:
+    """A command word as redis-py passes it (str or bytes: XREAD's BLOCK is b"BLOCK"), upper-cased."""
+    if isinstance(arg, bytes):
+        return arg.decode("latin-1").upper()
+    return arg.upper() if isinstance(arg, str) else ""
 
 
 class AutoPipelinedRedis(Redis):

@@ -85,12 +85,14 @@ async def test_a_blocking_read_does_not_hold_up_the_commands_issued_beside_it(
     client: Redis, namespace: str
 ) -> None:
     stream = f"{namespace}:stream"
+    # Issued in the same turn: were the XREAD batched with the SET, the SET would wait out the 5 s block.
     reader = asyncio.ensure_future(client.xread({stream: "$"}, block=5000, count=1))
-    await asyncio.sleep(0.05)
-    # Were the XREAD batched, these would wait up to 5 s behind it; the timeout says they did not.
+    setter = asyncio.ensure_future(client.set(f"{namespace}:x", "1"))
     async with asyncio.timeout(2):
-        await asyncio.gather(client.set(f"{namespace}:x", "1"), client.xadd(stream, {"f": "v"}))
-    got = await asyncio.wait_for(reader, 5)
+        assert await setter is True
+        await asyncio.sleep(0.05)  # the XREAD is waiting by now
+        await client.xadd(stream, {"f": "v"})
+        got = await reader
     assert got and got[0][1][0][1] == {"f": "v"}
 
 
