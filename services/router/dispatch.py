@@ -224,9 +224,9 @@ class Dispatcher:
         target, route = slot.target, walk.route
         elapsed = time.perf_counter() - slot.started
         latency = slot.first_token_s if slot.first_token_s is not None else elapsed
-        target.load.limit.on_success(
-            latency, target.load.in_flight + 1
-        )  # a stream's length is not congestion
+        # A stream's length is not congestion: its latency is its time to first token.
+        waiting = group.scheduler.waiting if (group := self._groups.get(slot.spec.name)) is not None else 0
+        target.load.limit.on_success(latency, target.load.in_flight + 1, waiting)
         target.load.observe(latency)
         target.dmetrics.latency.observe(latency)
         target.dmetrics.limit.set(target.load.limit.value)

@@ -334,3 +334,33 @@ def test_retry_budget_caps_extra_attempts_at_the_ratio_over_the_window() -> None
 def test_retry_budget_floor_lets_a_quiet_router_retry() -> None:
     budget = RetryBudget(0.2, min_per_s=1, window_s=10, clock=Clock())
     assert sum(budget.try_spend() for _ in range(20)) == 10
+
+
+def test_a_provider_that_turns_slower_for_good_does_not_pin_the_limit_at_the_floor() -> None:
+    """A limit at 4 sees 2 ms calls one at a time (the callers were busy elsewhere); then 16 agent-class callers
+    arrive as the provider turns to 50 ms a call. The limit dips, and within a few simulated seconds all 16 run
+    at once (it once stayed at 2: agent headroom left one slot usable, and one busy slot of 2.5 did not count
+    as in use, so the limit never grew again)."""
+    clock = Clock()
+    limit = AdaptiveLimit(1000, initial=4, clock=clock)
+    for _ in range(1000):
+        limit.on_success(0.002, in_flight=1)
+        clock.now += 0.002
+    callers, headroom = 16, 0.1
+    end = clock.now + 6.0
+    while clock.now < end:
+        running = min(callers, max(1, int(limit.value * (1 - headroom))))
+        for _ in range(running):
+            limit.on_success(0.05, in_flight=running, waiting=callers - running)
+        clock.now += 0.05
+    assert min(callers, max(1, int(limit.value * (1 - headroom)))) == callers
+
+
+def test_waiting_callers_count_as_use_for_growth() -> None:
+    limit = AdaptiveLimit(8, initial=2, clock=Clock())
+    for _ in range(20):
+        limit.on_success(0.1, in_flight=0, waiting=0)
+    assert limit.value == 2  # idle: no growth
+    for _ in range(20):
+        limit.on_success(0.1, in_flight=0, waiting=3)
+    assert limit.value > 2
