@@ -45,7 +45,7 @@ class ExecutorSettings(CommonSettings):
     router_addr: str = "127.0.0.1:50051"
     """host:port of the router's gRPC service (OPENCLAW_ROUTER_ADDR, shared with the gateway)."""
 
-    prefetch: int = Field(default=16, ge=1, le=1000, validation_alias=_env("prefetch"))
+    prefetch: int = Field(default=64, ge=1, le=1000, validation_alias=_env("prefetch"))
     """Deliveries a worker holds unacknowledged at once, i.e. tasks run concurrently per process."""
     metrics_host: str = Field(default="127.0.0.1", validation_alias=_env("metrics_host"))
     metrics_port: int = Field(default=9103, ge=0, le=65535, validation_alias=_env("metrics_port"))
