@@ -11,6 +11,10 @@ off, no database, a master key, `LITELLM_TELEMETRY=False` and `LITELLM_LOCAL_MOD
 alone. Each cell warms up 2 s, then measures --seconds; RPS = completed requests / measured time; errors are
 counted, never retried. "added p50" = p50(target) − p50(simulator alone) at the same concurrency. Ratios are ours
 ÷ LiteLLM's in the same run. Everything (client included) shares this machine's cores.
+
+The floor: `bench.bare_hop`, a bare grpc.aio server forwarding Chat to the simulator with aiohttp (the router's
+two transports and nothing else), is measured in the same run as "bare hop", so the router's added latency can
+be read against what its transports alone add on this machine.
 """
 
 from __future__ import annotations
@@ -150,14 +154,20 @@ async def _set_latency(sim_url: str, latency_ms: int) -> None:
         response.raise_for_status()
 
 
-async def _measure(args: argparse.Namespace, config: StackConfig, litellm_url: str | None) -> list[Cell]:
+async def _measure(
+    args: argparse.Namespace, config: StackConfig, litellm_url: str | None, bare_port: int
+) -> list[Cell]:
     body = {"model": "bench", "messages": [{"role": "user", "content": "ping"}]}
     cells: list[Cell] = []
     request = router_pb2.ChatRequest(
         model="bench", messages=[router_pb2.ChatMessage(role="user", content="ping")], tenant="bench"
     )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{config.router_port}") as channel:
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{config.router_port}") as channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{bare_port}") as bare_channel,
+    ):
         stub = router_pb2_grpc.RouterServiceStub(channel)
+        bare_stub = router_pb2_grpc.RouterServiceStub(bare_channel)
         for concurrency in args.concurrency:
             connector = aiohttp.TCPConnector(limit=concurrency)
             async with aiohttp.ClientSession(
@@ -173,6 +183,10 @@ async def _measure(args: argparse.Namespace, config: StackConfig, litellm_url: s
                     await stub.Chat(request, timeout=60)
                     return True
 
+                async def bare() -> bool:
+                    await bare_stub.Chat(request, timeout=60)
+                    return True
+
                 async def litellm() -> bool:
                     headers = {"Authorization": f"Bearer {MASTER_KEY}"}
                     async with http.post(
@@ -183,6 +197,7 @@ async def _measure(args: argparse.Namespace, config: StackConfig, litellm_url: s
 
                 targets: list[tuple[str, Callable[[], Awaitable[bool]]]] = [
                     ("simulator", sim),
+                    ("bare hop", bare),
                     ("openclaw", ours),
                 ]
                 if litellm_url:
@@ -222,7 +237,18 @@ def main() -> int:
     litellm_proc = None
     print(f"starting simulator and router; logs in {tmp}/log", flush=True)
     stack.start(progress=True, only=("simulator", "router"))
+    bare_port = free_port()
+    bare_proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_hop", config.simulator_url, str(bare_port)],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
+        deadline = time.monotonic() + 30
+        while not port_answers(bare_port):
+            if bare_proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the bare hop (bench.bare_hop) did not start")
+            time.sleep(0.2)
         litellm_url = None
         if args.peer == "litellm":
             binary = _install_litellm(args.litellm_version)
@@ -231,20 +257,22 @@ def main() -> int:
                 binary, config.simulator_url, args.litellm_workers, f"{tmp}/log"
             )
         asyncio.run(_set_latency(config.simulator_url, args.latency_ms))
-        cells = asyncio.run(_measure(args, config, litellm_url))
+        cells = asyncio.run(_measure(args, config, litellm_url, bare_port))
     finally:
+        bare_proc.terminate()
+        bare_proc.wait(timeout=30)
         if litellm_proc is not None:
             litellm_proc.terminate()
             litellm_proc.wait(timeout=30)
         stack.stop()
     print(f"\nsimulator latency {args.latency_ms} ms")
     print(
-        "| concurrency | simulator alone req/s · p50 | OpenClaw req/s · p50 · p99 · added | LiteLLM req/s · p50 · p99 · added | OpenClaw ÷ LiteLLM req/s |"
+        "| concurrency | simulator alone req/s · p50 | bare hop req/s · added | OpenClaw req/s · p50 · p99 · added | LiteLLM req/s · p50 · p99 · added | OpenClaw ÷ LiteLLM req/s |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for c in args.concurrency:
         row = {cell.target: cell for cell in cells if cell.concurrency == c}
-        sim, ours, peer = row["simulator"], row["openclaw"], row.get("litellm")
+        sim, ours, peer, floor = row["simulator"], row["openclaw"], row.get("litellm"), row["bare hop"]
         peer_text = (
             f"{peer.rps:.0f} · {peer.p50_ms:.2f} · {peer.p99_ms:.2f} · {peer.p50_ms - sim.p50_ms:+.2f} ms"
             if peer
@@ -252,7 +280,8 @@ def main() -> int:
         )
         ratio = f"{ours.rps / peer.rps:.1f}×" if peer and peer.rps else "—"
         print(
-            f"| {c} | {sim.rps:.0f} · {sim.p50_ms:.2f} ms | {ours.rps:.0f} · {ours.p50_ms:.2f} · {ours.p99_ms:.2f} · "
+            f"| {c} | {sim.rps:.0f} · {sim.p50_ms:.2f} ms | {floor.rps:.0f} · {floor.p50_ms - sim.p50_ms:+.2f} ms "
+            f"| {ours.rps:.0f} · {ours.p50_ms:.2f} · {ours.p99_ms:.2f} · "
             f"{ours.p50_ms - sim.p50_ms:+.2f} ms | {peer_text} | {ratio} |"
         )
     out = Path(args.out)
