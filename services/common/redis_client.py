@@ -50,6 +50,7 @@ class AutoPipelinedRedis(Redis):
     """
 
     _pending: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] | None = None
+    _pending_loop: asyncio.AbstractEventLoop | None = None
     _flushes: set[asyncio.Task[None]] | None = None
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
@@ -57,8 +58,10 @@ class AutoPipelinedRedis(Redis):
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if self._pending is None:
-            self._pending = []
+        # A batch left by a loop that stopped before its flush ran (asyncio.run called again with one client,
+        # as a CLI does) would never be sent: start a fresh one on this loop.
+        if self._pending is None or self._pending_loop is not loop:
+            self._pending, self._pending_loop = [], loop
             loop.call_soon(self._flush)
         self._pending.append((args, options, future))
         return await future

@@ -116,3 +116,22 @@ async def test_a_dead_server_fails_every_command_of_the_batch_with_a_connection_
     assert all(isinstance(r, ConnectionError | OSError) or "connect" in str(r).lower() for r in results)
     assert all(isinstance(r, Exception) for r in results)
     await down.aclose()
+
+
+def test_one_client_serves_one_event_loop_after_another(redis_url: str, namespace: str) -> None:
+    redis = open_redis(redis_url)
+
+    async def stop_with_a_command_unsent() -> None:
+        await redis.ping()
+        asyncio.get_running_loop().create_task(redis.set(f"{namespace}:late", "1"))  # never awaited
+        await redis.connection_pool.disconnect()  # this loop's connections end with it
+
+    async def use() -> str | None:
+        await redis.set(f"{namespace}:after", "ok")
+        value = await redis.get(f"{namespace}:after")
+        await redis.delete(f"{namespace}:after", f"{namespace}:late")
+        await redis.aclose()
+        return value
+
+    asyncio.run(stop_with_a_command_unsent())
+    assert asyncio.run(asyncio.wait_for(use(), 5)) == "ok"
