@@ -118,20 +118,27 @@ async def test_a_dead_server_fails_every_command_of_the_batch_with_a_connection_
     await down.aclose()
 
 
-def test_one_client_serves_one_event_loop_after_another(redis_url: str, namespace: str) -> None:
+def test_a_batch_a_stopped_loop_never_sent_does_not_hold_up_the_next_loop(
+    redis_url: str, namespace: str
+) -> None:
     redis = open_redis(redis_url)
+    first = asyncio.new_event_loop()
+    late = redis.set(f"{namespace}:late", "1")
 
-    async def stop_with_a_command_unsent() -> None:
-        await redis.ping()
-        asyncio.get_running_loop().create_task(redis.set(f"{namespace}:late", "1"))  # never awaited
-        await redis.connection_pool.disconnect()  # this loop's connections end with it
+    def queue_then_stop() -> None:
+        late.send(None)  # runs up to its wait on the batch: queued, the batch's flush scheduled
+        first.stop()  # the loop stops before that flush runs
+
+    first.call_soon(queue_then_stop)
+    first.run_forever()
+    first.close()
+    late.close()
 
     async def use() -> str | None:
         await redis.set(f"{namespace}:after", "ok")
         value = await redis.get(f"{namespace}:after")
-        await redis.delete(f"{namespace}:after", f"{namespace}:late")
+        await redis.delete(f"{namespace}:after")
         await redis.aclose()
         return value
 
-    asyncio.run(stop_with_a_command_unsent())
     assert asyncio.run(asyncio.wait_for(use(), 5)) == "ok"
