@@ -124,6 +124,17 @@ def canonical(record: Mapping[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _with_mac(body: bytes, mac: str) -> bytes:
+    """``canonical({**record, "mac": mac})`` from ``body = canonical(record)`` without encoding it again.
+
+    Sorted, "mac" falls between "details" and "outcome", which every record has. The last ``,"outcome":`` in
+    the text is the top-level key: an earlier one can only sit inside details, and no later value can hold
+    one (a JSON string cannot contain an unescaped quote).
+    """
+    at = body.rindex(b',"outcome":')
+    return body[:at] + b',"mac":"' + mac.encode() + b'"' + body[at:]
+
+
 class AuditLog:
     """Appends events to per-tenant chains (batched in the background), verifies and exports them."""
 
@@ -245,9 +256,9 @@ class AuditLog:
         out = []
         for event in events:
             seq += 1
-            record = {**event.body(), "seq": seq, "prev": prev}
-            prev = self._mac(record)
-            out.append(canonical({**record, "mac": prev}).decode())
+            body = canonical({**event.body(), "seq": seq, "prev": prev})
+            prev = hmac.new(self._key, body, hashlib.sha256).hexdigest()
+            out.append(_with_mac(body, prev).decode())
         return out, f"{seq} {prev}"
 
     def _mac(self, record: Mapping[str, Any]) -> str:
