@@ -9,279 +9,39 @@ here returns plaintext. Values written without a sealer (older records, scripts'
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
+from services.common import taskscripts
 from services.common.encryption import DecryptionError
 from services.common.envelope import now_ms
-from services.common.errors import InvalidInputError, UnavailableError
+from services.common.errors import UnavailableError
+from services.common.identifiers import RESERVED_TENANTS, check_task_id, check_tenant
+from services.common.taskrecord import STATUSES, TERMINAL, TaskClaim, TaskEventRecord, TaskRecord, event_json
 
 if TYPE_CHECKING:
     from services.common.encryption import Sealer
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-STATUSES = frozenset({"queued", "running", "retrying", "waiting", *TERMINAL})
-_TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# What importers of this module have always found here; each lives in the module named by its concept.
+__all__ = [
+    "RESERVED_TENANTS",
+    "SEALED_FIELDS",
+    "SEALED_PREFIX",
+    "STATUSES",
+    "TERMINAL",
+    "TaskClaim",
+    "TaskEventRecord",
+    "TaskRecord",
+    "TaskStore",
+    "check_task_id",
+    "check_tenant",
+    "event_json",
+]
+
 SEALED_PREFIX = "enc:v1:"  # services.common.encryption.TEXT_PREFIX
 # Task hash fields that hold the tenant's data.
 SEALED_FIELDS = ("workflow", "inputs", "result", "error")
-
-# Moves a task to a new status unless it already ended; appends the event. A task that ends also gets
-# its one entry on the "done" stream (what long-polls block on) and every key of it expires. A step
-# checkpoint may ride along (the last step's, written with the outcome it leads to), ahead of the status.
-_TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {0, ''} end
-if cur == 'succeeded' or cur == 'failed' or cur == 'cancelled' then return {0, cur} end
-local n = tonumber(ARGV[4])
-if ARGV[6 + n] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[6 + n], ARGV[7 + n])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[8 + n])
-end
-local args = {'status', ARGV[1], 'updated_ms', ARGV[2]}
-for i = 1, n do args[#args + 1] = ARGV[4 + i] end
-redis.call('HSET', KEYS[1], unpack(args))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[3])
-if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
-  redis.call('XADD', KEYS[4], '*', 'status', ARGV[1])
-  local ttl = tonumber(ARGV[5 + n])
-  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
-end
-return {1, cur}
-"""
-
-# Cancels a queued, retrying or parked ("waiting") task at once (with its "done" entry; every key of it
-# expires, as for any ended task), flags a running one; ended tasks are left alone.
-_CANCEL = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return '' end
-if cur == 'succeeded' or cur == 'failed' or cur == 'cancelled' then return cur end
-redis.call('HSET', KEYS[1], 'cancel', '1', 'updated_ms', ARGV[1])
-if cur == 'queued' or cur == 'retrying' or cur == 'waiting' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'error', ARGV[3])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[2])
-  redis.call('XADD', KEYS[3], '*', 'status', 'cancelled')
-  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
-  return 'cancelled'
-end
-return cur
-"""
-
-# Stores a new task with its task.queued event (one command instead of a MULTI block).
-_CREATE = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[1])
-return 1
-"""
-
-# The same with an idempotency key, in one step so two submits with one key can never both create a task:
-# returns the id of the task the key already names (while that task exists), else '' after creating this one.
-_CREATE_IDEMPOTENT = """
-local existing = redis.call('GET', KEYS[3])
-if existing and redis.call('EXISTS', ARGV[4] .. existing) == 1 then return existing end
-redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[1])
-return ''
-"""
-
-# Records a finished step with its event, atomically (one command instead of a MULTI block).
-_CHECKPOINT = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[3])
-return 1
-"""
-
-# A worker takes a delivered task: one round trip that refuses a missing or ended task, a task running
-# under another worker's live lease (owner ARGV[7]; Redis' clock, so workers' clocks do not matter), a
-# cancel-flagged task (or one the worker must end without running: ARGV[4] non-empty), else moves it to
-# running under a lease of ARGV[8] ms for ARGV[7] (none if ARGV[7] is empty), appends task.started, and
-# step.started of the first step (ARGV[5], event ARGV[6]) unless that step is already checkpointed;
-# returns whether it did, and the checkpointed steps.
-_CLAIM = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {'missing', ''} end
-if cur == 'succeeded' or cur == 'failed' or cur == 'cancelled' then return {'ended', cur} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if cur == 'running' then
-  local owner = redis.call('HGET', KEYS[1], 'lease_owner')
-  local till = tonumber(redis.call('HGET', KEYS[1], 'lease_until_ms') or '0') or 0
-  if owner and owner ~= '' and owner ~= ARGV[7] and till > now then return {'leased', cur} end
-end
-if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {'cancel_requested', cur} end
-if ARGV[4] ~= '' then return {'refused', cur} end
-redis.call('HSET', KEYS[1], 'status', 'running', 'updated_ms', ARGV[1], 'attempt', ARGV[3])
-if ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[1], 'lease_owner', ARGV[7], 'lease_until_ms', now + tonumber(ARGV[8]))
-end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[2])
-local announced = ''
-if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[3], ARGV[5]) == 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'e', ARGV[6])
-  announced = ARGV[5]
-end
-local out = {'claimed', cur, announced}
-local steps = redis.call('HGETALL', KEYS[3])
-for i = 1, #steps do out[#out + 1] = steps[i] end
-return out
-"""
-
-# Extends a running task's lease by ARGV[2] ms, only for its owner ARGV[1]; 0 if the lease is not its own.
-_RENEW = """
-if redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'lease_until_ms', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2]))
-return 1
-"""
-
-# Gives up a lease (a run handed back unfinished), only for its owner ARGV[1].
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[1] then return 0 end
-redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until_ms')
-return 1
-"""
-
-
-# Words used as the first segment of deployment-wide keys (``{ns}:audit:...``, ``{ns}:quota:...``): a tenant with
-# one of these ids would share that first segment with them (tenant keys are ``{ns}:{tenant}:...``), so they are
-# refused as tenant ids. tests/unit/test_tenant_ids.py keeps this list in step with the code.
-RESERVED_TENANTS = frozenset(
-    {
-        "apikey", "apikeys", "audit", "breaker", "breakers", "chatseen", "conv", "dek", "deks", "dlq", "kv",
-        "models", "paired", "pairing", "quota", "ratelimit", "router", "schedule", "slots", "tenants", "waiting",
-        "task", "idem", "ops", "system", "admin",
-    }
-)  # fmt: skip
-
-
-def check_tenant(tenant: str) -> str:
-    """Tenant ids become key segments: only a safe alphabet, and never a word deployment-wide keys start with."""
-    if not _TENANT.match(tenant):
-        raise InvalidInputError(f"invalid tenant id {tenant!r}")
-    if tenant.lower() in RESERVED_TENANTS:
-        raise InvalidInputError(f"tenant id {tenant!r} is reserved")
-    return tenant
-
-
-def check_task_id(task_id: str) -> str:
-    """Reject ids that could address other keys."""
-    if not _TASK_ID.match(task_id):
-        raise InvalidInputError(f"invalid task id {task_id!r}")
-    return task_id
-
-
-@dataclass
-class TaskRecord:
-    """A task as stored and as the APIs show it."""
-
-    id: str
-    tenant: str
-    status: str
-    name: str = ""
-    attempt: int = 0
-    created_ms: int = 0
-    updated_ms: int = 0
-    trace_id: str = ""
-    result: Any = None
-    error: dict[str, Any] | None = None
-    cancel_requested: bool = False
-    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def from_hash(cls, data: dict[str, str]) -> TaskRecord:
-        """Build from the Redis hash."""
-        return cls(
-            id=data["id"],
-            tenant=data["tenant"],
-            status=data.get("status", "queued"),
-            name=data.get("name", ""),
-            attempt=int(data.get("attempt", "0")),
-            created_ms=int(data.get("created_ms", "0")),
-            updated_ms=int(data.get("updated_ms", "0")),
-            trace_id=data.get("trace_id", ""),
-            result=json.loads(data["result"]) if data.get("result") else None,
-            error=json.loads(data["error"]) if data.get("error") else None,
-            cancel_requested=data.get("cancel") == "1",
-        )
-
-    def to_api(self) -> dict[str, Any]:
-        """The JSON shape returned by the HTTP API."""
-        out: dict[str, Any] = {
-            "id": self.id,
-            "status": self.status,
-            "name": self.name,
-            "attempt": self.attempt,
-            "created_ms": self.created_ms,
-            "updated_ms": self.updated_ms,
-            "trace_id": self.trace_id,
-            "result": self.result,
-            "error": self.error,
-            "cancel_requested": self.cancel_requested,
-        }
-        if self.steps:
-            out["steps"] = self.steps
-        return out
-
-
-@dataclass
-class TaskEventRecord:
-    """One entry of a task's event stream."""
-
-    event_id: str
-    type: str
-    task_id: str
-    time_ms: int
-    status: str = ""
-    step_id: str = ""
-    data: Any = None
-    error: dict[str, Any] | None = None
-
-    def to_api(self) -> dict[str, Any]:
-        """The JSON shape used in SSE and WebSocket frames."""
-        return {
-            "event_id": self.event_id,
-            "type": self.type,
-            "task_id": self.task_id,
-            "time_ms": self.time_ms,
-            "status": self.status,
-            "step_id": self.step_id,
-            "data": self.data,
-            "error": self.error,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class TaskClaim:
-    """What a worker's claim found: ``outcome`` is "claimed" (the task is now running), "missing",
-    "ended", "leased" (running under another worker's live lease), "cancel_requested" or "refused"
-    (nothing changed); ``status`` is the status before the claim."""
-
-    outcome: str
-    status: str
-    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
-    step_started: str = ""
-    """The step whose step.started event the claim appended ("" if none)."""
-
-    @property
-    def claimed(self) -> bool:
-        return self.outcome == "claimed"
-
-
-def _event(task_id: str, type_: str, **fields: Any) -> str:
-    body = {"type": type_, "task_id": task_id, "time_ms": now_ms()}
-    body.update({k: v for k, v in fields.items() if v not in (None, "")})
-    return json.dumps(body, default=str, separators=(",", ":"))
-
-
-def event_json(task_id: str, type_: str, **fields: Any) -> str:
-    """An event body as stored in a task's stream (for scripts beside the task store's own)."""
-    return _event(task_id, type_, **fields)
 
 
 class TaskStore:
@@ -299,14 +59,14 @@ class TaskStore:
         self._ns = namespace
         self._ttl = result_ttl_s
         self._sealer = sealer
-        self._transition = redis.register_script(_TRANSITION)
-        self._cancel = redis.register_script(_CANCEL)
-        self._claim = redis.register_script(_CLAIM)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
-        self._checkpoint = redis.register_script(_CHECKPOINT)
-        self._create = redis.register_script(_CREATE)
-        self._create_idempotent = redis.register_script(_CREATE_IDEMPOTENT)
+        self._transition = redis.register_script(taskscripts.TRANSITION)
+        self._cancel = redis.register_script(taskscripts.CANCEL)
+        self._claim = redis.register_script(taskscripts.CLAIM)
+        self._renew = redis.register_script(taskscripts.RENEW)
+        self._release = redis.register_script(taskscripts.RELEASE)
+        self._checkpoint = redis.register_script(taskscripts.CHECKPOINT)
+        self._create = redis.register_script(taskscripts.CREATE)
+        self._create_idempotent = redis.register_script(taskscripts.CREATE_IDEMPOTENT)
 
     def _key(self, tenant: str, task_id: str) -> str:
         return f"{self._ns}:{check_tenant(tenant)}:task:{check_task_id(task_id)}"
@@ -350,10 +110,10 @@ class TaskStore:
         """An event body; with a sealer, its data and error travel sealed in ``sealed``."""
         data, error = fields.pop("data", None), fields.pop("error", None)
         if self._sealer is None or (data in (None, "") and not error):
-            return _event(task_id, type_, data=data, error=error, **fields)
+            return event_json(task_id, type_, data=data, error=error, **fields)
         payload = json.dumps({"data": data, "error": error}, default=str, separators=(",", ":"))
         sealed = await self._sealer.seal_text(tenant, payload, f"task:{task_id}:event")
-        return _event(task_id, type_, sealed=sealed, **fields)
+        return event_json(task_id, type_, sealed=sealed, **fields)
 
     async def _checkpoint_args(
         self, tenant: str, task_id: str, step_id: str, state: dict[str, Any]
@@ -597,7 +357,7 @@ class TaskStore:
         """Cancel a queued task now or flag a running one; returns the status after the call ("" if none)."""
         task_key, events_key, steps_key = self._keys(tenant, task_id)
         error = {"code": "cancelled", "message": "cancelled by request", "retryable": False}
-        event = _event(task_id, "task.cancelled", status="cancelled", error=error)
+        event = event_json(task_id, "task.cancelled", status="cancelled", error=error)
         result = await self._cancel(
             keys=[task_key, events_key, f"{task_key}:done", steps_key],
             args=[str(now_ms()), event, json.dumps(error), str(self._ttl)],

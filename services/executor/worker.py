@@ -1,25 +1,23 @@
 """The AMQP side of the executor: consume task envelopes, run them with the engine, settle each delivery once.
 
-Every delivery ends in exactly one ``_settle`` call: ack once the outcome is stored in Redis (and any
-retry or dead-letter copy is confirmed by RabbitMQ). A delivery that cannot be run now (Redis or RabbitMQ
-unavailable, the worker stopping, the task running elsewhere under a live lease) is put back: a copy goes
-to a delay queue and the delivery is acked, so it does not count toward the quorum queue's delivery limit;
-only if that copy cannot be published is the delivery requeued. Poison messages (undecodable, or any
-unexpected error) are copied to the dead queue with the reason and acked, and their task fails with it. A
-delivery redelivered nearly up to the delivery limit (a crash loop) is not run again: its task fails
-with that reason and it is dead-lettered, instead of silently by RabbitMQ.
+Every delivery ends in exactly one ``settle`` call (``delivery.py``): ack once the outcome is stored in Redis
+(and any retry or dead-letter copy, published by ``outcomes.py``, is confirmed by RabbitMQ). A delivery that
+cannot be run now (Redis or RabbitMQ unavailable, the worker stopping, the task running elsewhere under a live
+lease, kept by ``lease.py``) is put back: a copy goes to a delay queue and the delivery is acked, so it does
+not count toward the quorum queue's delivery limit; only if that copy cannot be published is the delivery
+requeued. Poison messages (undecodable, or any unexpected error) are copied to the dead queue with the reason
+and acked, and their task fails with it. A delivery redelivered nearly up to the delivery limit (a crash loop)
+is not run again: its task fails with that reason and it is dead-lettered, instead of silently by RabbitMQ.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import json
 import logging
 import time
-import uuid
 from typing import Any
 
 import aio_pika
@@ -39,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from openclaw.v1 import tasks_pb2
 from services.common import envelope, telemetry
 from services.common.encryption import DecryptionError
-from services.common.envelope import ERROR_HEADER, TENANT_HEADER, now_ms
+from services.common.envelope import now_ms
 from services.common.errors import (
     BreakerOpenError,
     InvalidInputError,
@@ -49,23 +47,26 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.common.hop import Hop
+from services.common.identifiers import check_task_id, check_tenant
 from services.common.publisher import TaskPublisher
-from services.common.taskstore import TaskStore, check_task_id, check_tenant
+from services.common.taskstore import TaskStore
 from services.common.topology import TASK_ROUTING_KEY, Topology
 from services.common.waits import WaitStore
 from services.executor import metrics
 from services.executor.context import RunState
+from services.executor.delivery import BROKER_HEADERS, Disposition, copy_delivery, delivery_count, settle
 from services.executor.dsl import Workflow, parse_workflow
 from services.executor.engine import Engine, StepFailed, WorkflowCancelled, WorkflowParked
 from services.executor.governance import Governance
 from services.executor.journal import RedisCalls, TaskJournal, step_started_data
+from services.executor.lease import Leases
+from services.executor.outcomes import Outcomes, cancelled
 from services.executor.templates import load_template
 from services.executor.waker import Waker
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("openclaw.executor")
 TASK_TYPE = "workflow.run"
-_OUTCOMES = {outcome: metrics.TASKS.labels(outcome) for outcome in metrics.OUTCOMES}
 # Redis or RabbitMQ out of reach: the delivery is put back for later, the task's attempt is not spent.
 _INFRA_ERRORS: tuple[type[BaseException], ...] = (
     UnavailableError,
@@ -80,24 +81,6 @@ _INFRA_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
-# Headers the broker adds to a delivery; a put-back copy is a new message and starts without them.
-_BROKER_HEADERS = frozenset(
-    {
-        "x-delivery-count",
-        "x-death",
-        "x-first-death-exchange",
-        "x-first-death-queue",
-        "x-first-death-reason",
-        "x-last-death-exchange",
-        "x-last-death-queue",
-        "x-last-death-reason",
-    }
-)
-
-
-class Disposition(enum.Enum):
-    ACK = "ack"
-    REQUEUE = "requeue"
 
 
 class Worker:
@@ -134,10 +117,10 @@ class Worker:
         self._tag: ConsumerTag | None = None
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
-        # This worker instance's id in task leases, and the tasks it is running now.
-        self._owner = uuid.uuid4().hex
-        self._lease_ms = max(1, int(lease_seconds * 1000))
+        # This worker instance's leases, and the tasks it is running now.
+        self._leases = Leases(self._redis, lease_seconds)
         self._running: set[tuple[str, str]] = set()
+        self._outcomes = Outcomes(redis=self._redis, publisher=publisher, topology=topology)
         # Parked (waiting) tasks: every worker re-publishes those that are due.
         self._waits = WaitStore(store)
         self._waker = Waker(self._waits, self._redis, publisher, interval_s=wake_interval_s)
@@ -187,7 +170,7 @@ class Worker:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         if self._draining:
-            await _settle(message, await self._put_back(message, "the worker is stopping"))
+            await settle(message, await self._put_back(message, "the worker is stopping"))
             return
         task = asyncio.create_task(self._handle(message))
         self._tasks.add(task)
@@ -212,7 +195,7 @@ class Worker:
                 disposition = await self._put_back(message, f"{type(exc).__name__}: {exc}")
             except Exception as exc:
                 log.exception("unexpected error; dead-lettering", extra={"message_id": message.message_id})
-                disposition = await self._unexpected(message, exc)
+                disposition = await self._outcomes.unexpected(message, exc)
         except asyncio.CancelledError:
             log.info("task handed back", extra={"message_id": message.message_id})
         finally:
@@ -220,36 +203,22 @@ class Worker:
         if disposition is Disposition.REQUEUE:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(1.0)  # a pause, or a delivery that cannot be handled spins
-        await _settle(message, disposition)
+        await settle(message, disposition)
 
     async def _put_back(self, message: AbstractIncomingMessage, reason: str) -> Disposition:
         """Copy the delivery to the shortest delay queue and ack it, so it comes back later without counting
         toward the delivery limit; requeue it if the copy cannot be published or acked."""
         if self._channel is None or self._channel.is_closed:
             return Disposition.REQUEUE
-        headers = {k: v for k, v in (message.headers or {}).items() if k not in _BROKER_HEADERS}
+        headers = {k: v for k, v in (message.headers or {}).items() if k not in BROKER_HEADERS}
         queue = self._topology.retry_queue(min(self._topology.retry_delays_ms))
         try:
-            await self._publisher.publish_to_queue(queue, _copy(message, headers))
+            await self._publisher.publish_to_queue(queue, copy_delivery(message, headers))
         except Exception:
             log.warning("could not put the delivery back; requeueing", exc_info=True)
             return Disposition.REQUEUE
         metrics.TASKS.labels("deferred").inc()
         log.info("delivery put back", extra={"message_id": message.message_id, "reason": reason})
-        return Disposition.ACK
-
-    async def _unexpected(self, message: AbstractIncomingMessage, exc: Exception) -> Disposition:
-        """A bug or a malformed delivery: no retry can help. Dead-letter it and fail its task with the reason."""
-        error = {
-            "code": "internal",
-            "message": f"unexpected {type(exc).__name__} while handling the task: {exc}"[:1000],
-            "retryable": False,
-        }
-        try:
-            await self._poison(message, error)
-        except Exception:
-            log.exception("could not dead-letter the delivery; requeueing")
-            return Disposition.REQUEUE
         return Disposition.ACK
 
     async def _process(self, message: AbstractIncomingMessage) -> Disposition:
@@ -279,7 +248,7 @@ class Worker:
                 check_task_id(env.task_id)
             except InvalidInputError as exc:
                 span.set_status(Status(StatusCode.ERROR, exc.message))
-                await self._poison(
+                await self._outcomes.poison(
                     message, {"code": "poison_message", "message": exc.message, "retryable": False}
                 )
                 return Disposition.ACK
@@ -291,29 +260,13 @@ class Worker:
                     "openclaw.message.redelivered": bool(message.redelivered),
                 }
             )
-            deliveries = _delivery_count(headers)
+            deliveries = delivery_count(headers)
             if deliveries and deliveries >= self._topology.delivery_limit - 1:
                 # RabbitMQ would drop the next redelivery without a word: end the crash loop here, visibly.
                 span.set_status(Status(StatusCode.ERROR, "delivery limit reached"))
-                await self._abandoned(env, deliveries)
+                await self._outcomes.abandoned(env, deliveries)
                 return Disposition.ACK
             return await self._run(env, span)
-
-    async def _abandoned(self, env: tasks_pb2.TaskEnvelope, deliveries: int) -> None:
-        """Fail a task whose delivery kept being lost by workers, and dead-letter it with that reason."""
-        record = await self._redis(self._store.get, env.tenant, env.task_id)
-        if record is not None and record.status in ("succeeded", "failed", "cancelled"):
-            log.info("skipping ended task", extra={"task_id": env.task_id, "status": record.status})
-            return
-        error = {
-            "code": "abandoned",
-            "message": f"crashed or was abandoned by workers {deliveries} times",
-            "retryable": False,
-            "deliveries": deliveries,
-        }
-        await self._dead_letter(env, error)
-        if record is not None:
-            await self._end(env, "failed", "task.failed", error=error)
 
     async def _run(self, env: tasks_pb2.TaskEnvelope, span: trace.Span) -> Disposition:
         tenant, task_id = env.tenant, env.task_id
@@ -347,7 +300,7 @@ class Worker:
                 refusal = exc.to_dict()
 
         if (tenant, task_id) in self._running:  # a redelivery while this worker still runs the task
-            await self._later(env)
+            await self._outcomes.later(env)
             return Disposition.ACK
         claim = await self._redis(
             self._store.claim,
@@ -357,14 +310,16 @@ class Worker:
             data={"attempt": attempt, "max_attempts": max_attempts},
             refuse=refusal is not None,
             first_step=None if workflow is None else _first_step(workflow, attempt),
-            owner=self._owner,
-            lease_ms=self._lease_ms,
+            owner=self._leases.owner,
+            lease_ms=self._leases.lease_ms,
         )
         if claim.outcome == "leased":  # another worker runs it: look again once that run may have ended
-            await self._later(env)
+            await self._outcomes.later(env)
             return Disposition.ACK
         if claim.outcome == "missing":
-            await self._dead_letter(env, {"code": "not_found", "message": "no task record for this envelope"})
+            await self._outcomes.dead_letter(
+                env, {"code": "not_found", "message": "no task record for this envelope"}
+            )
             return Disposition.ACK
         if claim.outcome == "ended":
             log.info("skipping ended task", extra={"task_id": task_id, "status": claim.status})
@@ -372,53 +327,29 @@ class Worker:
                 metrics.TASKS.labels("cancelled").inc()
             return Disposition.ACK
         if claim.outcome == "cancel_requested":
-            await self._end(
-                env, "cancelled", "task.cancelled", error=_cancelled("cancelled before it started")
+            await self._outcomes.end(
+                env, "cancelled", "task.cancelled", error=cancelled("cancelled before it started")
             )
             return Disposition.ACK
         if refusal is not None or workflow is None:
             if denied is not None and self._governance is not None:
                 await self._governance.refused(tenant, task_id, env.submitted_by, denied)
-            await self._end(env, "failed", "task.failed", error=refusal)
+            await self._outcomes.end(env, "failed", "task.failed", error=refusal)
             return Disposition.ACK
 
         self._running.add((tenant, task_id))
-        lease = asyncio.create_task(self._keep_lease(tenant, task_id))
+        lease = asyncio.create_task(self._leases.keep(tenant, task_id))
         try:
             await self._execute(env, span, workflow, inputs, claim.steps, claim.step_started, max_attempts)
         except BaseException:
             # Handed back or failed unfinished: let the next delivery be claimed at once, not after the lease.
             lease.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                async with asyncio.timeout(1.0):
-                    await self._redis(self._store.release_lease, tenant, task_id, self._owner)
+            await self._leases.release(tenant, task_id)
             raise
         finally:
             lease.cancel()
             self._running.discard((tenant, task_id))
         return Disposition.ACK
-
-    async def _keep_lease(self, tenant: str, task_id: str) -> None:
-        """Renew the task's lease every third of its length until cancelled (or the lease is not ours)."""
-        while True:
-            await asyncio.sleep(self._lease_ms / 3000)
-            try:
-                if not await self._redis(
-                    self._store.renew_lease, tenant, task_id, self._owner, self._lease_ms
-                ):
-                    log.warning("task lease lost", extra={"task_id": task_id, "tenant": tenant})
-                    return
-            except Exception as exc:  # Redis away for a moment: try again at the next tick
-                log.warning("could not renew a task lease", extra={"task_id": task_id, "error": str(exc)})
-
-    async def _later(self, env: tasks_pb2.TaskEnvelope) -> None:
-        """Put the envelope, unchanged, on the shortest delay queue (the task runs elsewhere for now)."""
-        queue = self._topology.retry_queue(min(self._topology.retry_delays_ms))
-        await self._publisher.publish_to_queue(queue, envelope.to_message(env))
-        metrics.TASKS.labels("deferred").inc()
-        log.info(
-            "task runs elsewhere; delivery put back", extra={"task_id": env.task_id, "tenant": env.tenant}
-        )
 
     async def _execute(
         self,
@@ -451,24 +382,24 @@ class Worker:
             await self._park(env, exc)
         except WorkflowCancelled as exc:
             step = exc.next_step
-            error = _cancelled(f"cancelled by request before step {step.id!r}") | {"step_id": step.id}
-            await self._end(
+            error = cancelled(f"cancelled by request before step {step.id!r}") | {"step_id": step.id}
+            await self._outcomes.end(
                 env, "cancelled", "task.cancelled", error=error, checkpoint=journal.take_final_checkpoint()
             )
         except StepFailed as exc:
             span.set_status(Status(StatusCode.ERROR, exc.error.message))
-            await self._failed(
+            await self._outcomes.failed(
                 env, exc.record(), exc.retryable, attempt, max_attempts, journal.take_final_checkpoint()
             )
         except UnavailableError:
             raise  # Redis out of reach for the journal: not the task's fault, the delivery is put back
         except OpenClawError as exc:  # an operation's output that cannot be stored, for instance
             span.set_status(Status(StatusCode.ERROR, exc.message))
-            await self._failed(
+            await self._outcomes.failed(
                 env, exc.to_dict(), exc.retryable, attempt, max_attempts, journal.take_final_checkpoint()
             )
         else:
-            await self._end(
+            await self._outcomes.end(
                 env, "succeeded", "task.succeeded", result=result, checkpoint=journal.take_final_checkpoint()
             )
         finally:
@@ -499,162 +430,6 @@ class Worker:
     def _parse_uncached(self, workflow_json: str) -> Workflow:
         return parse_workflow(workflow_json, known_ops=self._engine.catalogue)
 
-    async def _end(
-        self,
-        env: tasks_pb2.TaskEnvelope,
-        status: str,
-        event: str,
-        *,
-        result: Any = None,
-        error: dict[str, Any] | None = None,
-        checkpoint: tuple[str, dict[str, Any]] | None = None,
-    ) -> None:
-        fields: dict[str, str] = {}
-        if result is not None or status == "succeeded":
-            fields["result"] = json.dumps(result, ensure_ascii=False)
-        if status == "succeeded":
-            fields["error"] = ""  # an earlier attempt's error is not this outcome's
-        if error is not None:
-            fields["error"] = json.dumps(error, ensure_ascii=False)
-        await self._redis(
-            self._store.transition,
-            env.tenant,
-            env.task_id,
-            status,
-            event,
-            fields=fields,
-            data=result,
-            error=error,
-            checkpoint=checkpoint,
-        )
-        _OUTCOMES[status].inc()
-        # Success is the hot path: no log line per task there (the metric and the trace tell it).
-        log.log(
-            logging.DEBUG if status == "succeeded" else logging.INFO,
-            "task %s",
-            status,
-            extra={"task_id": env.task_id, "tenant": env.tenant, "attempt": env.attempt},
-        )
-
-    async def _failed(
-        self,
-        env: tasks_pb2.TaskEnvelope,
-        error: dict[str, Any],
-        retryable: bool,
-        attempt: int,
-        max_attempts: int,
-        checkpoint: tuple[str, dict[str, Any]] | None = None,
-    ) -> None:
-        if retryable and attempt < max_attempts:
-            delay = self._topology.retry_delay_ms(attempt)
-            # Status first, then the retry message: if the publish fails the delivery is requeued and this
-            # attempt simply runs again, while a status written after the publish could overwrite "running".
-            await self._redis(
-                self._store.transition,
-                env.tenant,
-                env.task_id,
-                "retrying",
-                "task.retrying",
-                fields={"error": json.dumps(error, ensure_ascii=False)},
-                data={"attempt": attempt, "next_attempt": attempt + 1, "delay_ms": delay},
-                error=error,
-                checkpoint=checkpoint,
-            )
-            retry = tasks_pb2.TaskEnvelope()
-            retry.CopyFrom(env)
-            retry.attempt = attempt + 1
-            retry.max_attempts = max_attempts
-            await self._publisher.publish_to_queue(
-                self._topology.retry_queue(delay), envelope.to_message(retry)
-            )
-            metrics.TASKS.labels("retried").inc()
-            log.info("task retrying", extra={"task_id": env.task_id, "attempt": attempt, "delay_ms": delay})
-            return
-        if not retryable:
-            await self._end(env, "failed", "task.failed", error=error, checkpoint=checkpoint)
-            return
-        error = {
-            **error,
-            "attempts": attempt,
-            "message": f"gave up after {attempt} attempts: {error.get('message')}",
-        }
-        # The dead-letter copy first: if storing the status then fails, the redelivery runs again and
-        # dead-letters a duplicate, which is better than a failed task with no copy to replay.
-        await self._dead_letter(env, error)
-        await self._redis(
-            self._store.transition,
-            env.tenant,
-            env.task_id,
-            "failed",
-            "task.failed",
-            fields={"error": json.dumps(error, ensure_ascii=False)},
-            error=error,
-            checkpoint=checkpoint,
-        )
-
-    async def _dead_letter(self, env: tasks_pb2.TaskEnvelope, error: dict[str, Any]) -> None:
-        headers = {ERROR_HEADER: json.dumps(error, ensure_ascii=False)}
-        await self._publisher.publish_to_queue(self._topology.dead_queue, envelope.to_message(env, headers))
-        metrics.TASKS.labels("dead_lettered").inc()
-        log.warning("task dead-lettered", extra={"task_id": env.task_id, "error": error.get("message")})
-
-    async def _poison(self, message: AbstractIncomingMessage, error: dict[str, Any]) -> None:
-        """Copy a delivery that no retry can help to the dead queue with the reason; fail its task if it
-        names one."""
-        headers: dict[str, Any] = dict(message.headers or {})
-        headers[ERROR_HEADER] = json.dumps(error, ensure_ascii=False)
-        await self._publisher.publish_to_queue(self._topology.dead_queue, _copy(message, headers))
-        metrics.TASKS.labels("dead_lettered").inc()
-        log.warning(
-            "poison message dead-lettered",
-            extra={"message_id": message.message_id, "reason": error["message"]},
-        )
-        tenant: Any = headers.get(TENANT_HEADER)
-        task_id = message.message_id
-        with contextlib.suppress(Exception):  # the body names the task better than headers, if it decodes
-            env = envelope.from_message(message)
-            tenant, task_id = env.tenant, env.task_id
-        if isinstance(tenant, bytes):
-            tenant = tenant.decode("utf-8", "replace")
-        if isinstance(tenant, str) and task_id:
-            try:
-                check_tenant(tenant)
-                check_task_id(task_id)
-            except InvalidInputError:
-                return
-            await self._redis(
-                self._store.transition,
-                tenant,
-                task_id,
-                "failed",
-                "task.failed",
-                fields={"error": json.dumps(error, ensure_ascii=False)},
-                error=error,
-            )
-
-
-def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
-    """A persistent copy of a delivery with these headers."""
-    return aio_pika.Message(
-        body=message.body,
-        headers=headers,
-        content_type=message.content_type,
-        message_id=message.message_id,
-        type=message.type,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-    )
-
-
-def _delivery_count(headers: dict[str, Any]) -> int:
-    """How many times a quorum queue delivered this message before (its x-delivery-count header)."""
-    value = headers.get("x-delivery-count")
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    try:
-        return int(value) if value is not None and not isinstance(value, bool) else 0
-    except (TypeError, ValueError):
-        return 0
-
 
 def _first_step(workflow: Workflow, attempt: int) -> tuple[str, Any] | None:
     """The step a fresh run starts with, and its step.started data, for the claim to announce (not one
@@ -673,20 +448,3 @@ def _inputs(inputs_json: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInputError("inputs: must be a JSON object")
     return value
-
-
-def _cancelled(message: str) -> dict[str, Any]:
-    return {"code": "cancelled", "message": message, "retryable": False}
-
-
-async def _settle(message: AbstractIncomingMessage, disposition: Disposition) -> None:
-    """The one place a delivery is acknowledged or handed back."""
-    try:
-        if disposition is Disposition.ACK:
-            await message.ack()
-        else:
-            await message.nack(requeue=True)
-    except Exception:
-        # After a reconnect the delivery tag belongs to a dead channel: RabbitMQ redelivers the message,
-        # and the handler is idempotent (an ended task is skipped).
-        log.warning("could not settle delivery", extra={"message_id": message.message_id}, exc_info=True)
