@@ -46,7 +46,8 @@ RUN groupadd --system --gid 10001 openclaw \
     && mkdir -p /var/lib/openclaw/storage /etc/openclaw \
     && chown -R 10001:10001 /var/lib/openclaw
 COPY --from=build /opt/venv /opt/venv
-# One health check for whichever service the container runs (deploy/docker/healthcheck.py).
+# One health check for whichever service the container runs (deploy/docker/healthcheck.py). It reads
+# OPENCLAW_TLS_* like the services, so with mutual TLS on it presents the service's certificate.
 COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/openclaw-healthcheck
 WORKDIR /home/openclaw
 USER 10001:10001

@@ -19,6 +19,10 @@ Errors raise subclasses of :class:`RouterError` carrying the server's message, e
 ``add_model``, ``update_model`` and ``remove_model`` are admin calls: they carry ``admin_token`` (default
 ``$OPENCLAW_ROUTER_ADMIN_TOKEN``) as a bearer token, and raise :class:`AdminAccessError` when the router
 refuses them.
+
+Against a router that requires mutual TLS, give the client its certificate: set ``OPENCLAW_TLS_CERT``,
+``OPENCLAW_TLS_KEY`` and ``OPENCLAW_TLS_CA`` (the same settings the services read), or pass ``cert=``, ``key=``
+and ``ca=``. With none of them the channel is plaintext.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -34,6 +39,8 @@ import grpc
 from google.protobuf import field_mask_pb2, struct_pb2
 
 from openclaw.v1 import router_pb2, router_pb2_grpc
+from services.common import tls
+from services.common.errors import InvalidInputError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "OPENCLAW_ROUTER_ADDR"
@@ -55,6 +62,7 @@ __all__ = [
     "RouterBusyError",
     "RouterError",
     "RouterUnavailableError",
+    "TlsConfigError",
     "UnauthenticatedError",
     "Usage",
 ]
@@ -95,6 +103,10 @@ class RouterUnavailableError(RouterError):
     """The router is unreachable, or every model in the fallback chain failed (see ``details["attempts"]``)."""
 
 
+class TlsConfigError(RouterError, ValueError):
+    """The client certificate settings are incomplete or name an unusable file; the message names the setting."""
+
+
 class AdminAccessError(RouterError):
     """The router refused an admin call (``add_model``, ``update_model``, ``remove_model``)."""
 
@@ -120,8 +132,16 @@ _BY_STATUS: dict[grpc.StatusCode, type[RouterError]] = {
 }
 
 
-def _error(exc: grpc.RpcError) -> RouterError:
-    """The typed error for a failed call, with the server's message and structured details."""
+# Appended to "unreachable" errors of a plaintext client: a router that requires mutual TLS drops it at the
+# handshake, which grpc reports only as a closed socket.
+_PLAINTEXT_HINT = (
+    " (this client speaks plaintext: if the router requires mutual TLS, set OPENCLAW_TLS_CERT, OPENCLAW_TLS_KEY"
+    " and OPENCLAW_TLS_CA, or pass cert=, key= and ca=)"
+)
+
+
+def _error(exc: grpc.RpcError, hint: str = "") -> RouterError:
+    """The typed error for a failed call, with the server's message, structured details and ``hint``."""
     code: grpc.StatusCode | None = exc.code() if hasattr(exc, "code") else None
     message = (exc.details() if hasattr(exc, "details") else None) or str(code)
     details: dict[str, Any] = {}
@@ -135,6 +155,8 @@ def _error(exc: grpc.RpcError) -> RouterError:
             except (ValueError, AttributeError):
                 pass
     cls = _BY_STATUS.get(code, RouterError) if code is not None else RouterError
+    if code == grpc.StatusCode.UNAVAILABLE and not details:
+        message += hint  # not the router's own "every model failed", which carries its attempts
     return cls(message, code=code, details=details)
 
 
@@ -282,6 +304,7 @@ class ChatStream:
 
     _chunks: Iterator[router_pb2.ChatChunk]
     _call: Any = None
+    _hint: str = ""
     model: str = ""
     usage: Usage | None = None
     route: RouteInfo | None = None
@@ -304,7 +327,7 @@ class ChatStream:
                 if chunk.delta:
                     yield chunk.delta
         except grpc.RpcError as exc:
-            raise _error(exc) from None
+            raise _error(exc, self._hint) from None
 
     def cancel(self) -> None:
         """Stop the stream early."""
@@ -315,6 +338,20 @@ class ChatStream:
 # -- the client ------------------------------------------------------------------------------------
 
 MessageLike = Mapping[str, Any] | tuple[str, str]
+
+
+def _tls_files(cert: str | Path | None, key: str | Path | None, ca: str | Path | None) -> tls.TlsFiles | None:
+    """The client's TLS files from the arguments, else the environment; None for plaintext."""
+    chosen: list[str | Path | None] = []
+    names: list[str] = []
+    for argument, value, env in zip(("cert", "key", "ca"), (cert, key, ca), tls.ENV_NAMES, strict=True):
+        # An error names what the caller set: the argument, or the environment variable.
+        chosen.append(value if value is not None else os.environ.get(env) or None)
+        names.append(argument if value is not None else env)
+    try:
+        return tls.load_paths(*chosen, names=names)
+    except InvalidInputError as exc:
+        raise TlsConfigError(str(exc)) from None
 
 
 def _text(content: Any) -> str:
@@ -385,10 +422,22 @@ class ModelRouter:
     deadline of a call in seconds. ``admin_token`` (default ``$OPENCLAW_ROUTER_ADMIN_TOKEN``) is sent as
     ``authorization: Bearer <token>`` on the admin calls only; a router that listens on loopback without a
     token of its own needs none. Use as a context manager, or call :meth:`close`.
+
+    ``cert``, ``key`` and ``ca`` (defaults ``$OPENCLAW_TLS_CERT``, ``$OPENCLAW_TLS_KEY``, ``$OPENCLAW_TLS_CA``) are
+    PEM files: the client's certificate and key, presented to the router, and the CA the router's certificate
+    must chain to. All three make the channel mutual TLS, none plaintext; one or two, or a file that cannot be
+    used, raise :class:`TlsConfigError` naming the setting.
     """
 
     def __init__(
-        self, address: str | None = None, *, timeout: float = 120.0, admin_token: str | None = None
+        self,
+        address: str | None = None,
+        *,
+        timeout: float = 120.0,
+        admin_token: str | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        ca: str | Path | None = None,
     ) -> None:
         self.address = address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
         self.timeout = timeout
@@ -396,7 +445,14 @@ class ModelRouter:
         self._admin_metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
-        self._channel = grpc.insecure_channel(self.address)
+        files = _tls_files(cert, key, ca)
+        self.tls = files is not None
+        self._hint = "" if self.tls else _PLAINTEXT_HINT
+        self._channel = (
+            grpc.secure_channel(self.address, tls.channel_credentials(files))
+            if files is not None
+            else grpc.insecure_channel(self.address)
+        )
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
 
     # -- models --
@@ -567,7 +623,7 @@ class ModelRouter:
             model, messages, prompt, system, temperature, max_tokens, top_p, stop, extra, priority
         )
         call = self._stub.ChatStream(request, timeout=timeout or self.timeout)
-        return ChatStream(call, call)
+        return ChatStream(call, call, self._hint)
 
     # -- plumbing --
 
@@ -581,7 +637,7 @@ class ModelRouter:
         try:
             return method(request, timeout=timeout or self.timeout, metadata=metadata or None)
         except grpc.RpcError as exc:
-            raise _error(exc) from None
+            raise _error(exc, self._hint) from None
 
     def _admin(self, method: Any, request: Any) -> Any:
         """An admin call: the same as any other, with the bearer token."""

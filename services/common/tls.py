@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from cryptography.hazmat.primitives import serialization
 
 from services.common.errors import InvalidInputError
 from services.common.settings import CommonSettings
+
+# The settings that name the three files, in the order cert, key, CA.
+ENV_NAMES = ("OPENCLAW_TLS_CERT", "OPENCLAW_TLS_KEY", "OPENCLAW_TLS_CA")
 
 
 @dataclass(frozen=True)
@@ -36,20 +40,14 @@ def _read(env: str, path: Path) -> bytes:
         raise InvalidInputError(f"{env}: cannot read {path}: {exc.strerror or exc}") from None
 
 
-def load_files(cert: Path, key: Path, ca: Path) -> TlsFiles:
-    """Read and check the three PEM files; a missing or mismatched file is named in the error."""
-    files = TlsFiles(
-        cert,
-        key,
-        ca,
-        _read("OPENCLAW_TLS_CERT", cert),
-        _read("OPENCLAW_TLS_KEY", key),
-        _read("OPENCLAW_TLS_CA", ca),
-    )
+def load_files(cert: Path, key: Path, ca: Path, *, names: Sequence[str] = ENV_NAMES) -> TlsFiles:
+    """Read and check the three PEM files; a missing or mismatched file is named (by ``names``) in the error."""
+    cert_name, key_name, ca_name = names
+    files = TlsFiles(cert, key, ca, _read(cert_name, cert), _read(key_name, key), _read(ca_name, ca))
     checks = (
-        ("OPENCLAW_TLS_CERT", cert, lambda: x509.load_pem_x509_certificates(files.cert)),
-        ("OPENCLAW_TLS_KEY", key, lambda: serialization.load_pem_private_key(files.key, password=None)),
-        ("OPENCLAW_TLS_CA", ca, lambda: x509.load_pem_x509_certificates(files.ca)),
+        (cert_name, cert, lambda: x509.load_pem_x509_certificates(files.cert)),
+        (key_name, key, lambda: serialization.load_pem_private_key(files.key, password=None)),
+        (ca_name, ca, lambda: x509.load_pem_x509_certificates(files.ca)),
     )
     for env, path, parse in checks:
         try:
@@ -59,8 +57,35 @@ def load_files(cert: Path, key: Path, ca: Path) -> TlsFiles:
     try:
         ssl.create_default_context().load_cert_chain(cert, key)
     except ssl.SSLError:
-        raise InvalidInputError(f"OPENCLAW_TLS_KEY: {key} is not the key of the certificate {cert}") from None
+        raise InvalidInputError(f"{key_name}: {key} is not the key of the certificate {cert}") from None
     return files
+
+
+def load_paths(
+    cert: str | Path | None,
+    key: str | Path | None,
+    ca: str | Path | None,
+    *,
+    names: Sequence[str] = ENV_NAMES,
+) -> TlsFiles | None:
+    """The files at these paths for a client outside the services (SDK, health check); None when none is given."""
+    given = dict(zip(names, (cert, key, ca), strict=True))
+    missing = [name for name, path in given.items() if not path]
+    if len(missing) == len(given):
+        return None
+    if missing:
+        raise InvalidInputError(f"{', '.join(missing)}: required (mutual TLS needs all three files)")
+    return load_files(Path(cert or ""), Path(key or ""), Path(ca or ""), names=names)
+
+
+def dns_names(files: TlsFiles) -> list[str]:
+    """The DNS names of our own certificate: a process checking itself on loopback dials under one of them."""
+    leaf = x509.load_pem_x509_certificates(files.cert)[0]
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.get_values_for_type(x509.DNSName))
 
 
 def load(settings: CommonSettings) -> TlsFiles | None:
