@@ -72,6 +72,11 @@ _RETRY_FIELDS = ("attempts", "backoff", "on")
 _BACKOFF_FIELDS = ("initial_s", "max_s", "multiplier")
 
 
+CACHED_WORKFLOW_CHARS = 16 * 1024
+"""Parsed workflows are cached by their text up to this size (gateway and executor, 256 each), so whatever tenants
+submit the caches hold a few tens of MiB at worst; bigger workflows are parsed every time."""
+
+
 def parse_workflow(doc: Any, *, known_ops: Collection[str]) -> Workflow:
     """Validate a workflow document (a dict, or its JSON text) and return it parsed.
 

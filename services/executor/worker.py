@@ -55,7 +55,7 @@ from services.common.waits import WaitStore
 from services.executor import metrics
 from services.executor.context import RunState
 from services.executor.delivery import BROKER_HEADERS, Disposition, copy_delivery, delivery_count, settle
-from services.executor.dsl import Workflow, parse_workflow
+from services.executor.dsl import CACHED_WORKFLOW_CHARS, Workflow, parse_workflow
 from services.executor.engine import Engine, StepFailed, WorkflowCancelled, WorkflowParked
 from services.executor.governance import Governance
 from services.executor.journal import RedisCalls, TaskJournal, step_started_data
@@ -125,7 +125,8 @@ class Worker:
         self._waits = WaitStore(store)
         self._waker = Waker(self._waits, self._redis, publisher, interval_s=wake_interval_s)
         # Clients submit the same workflows over and over: parse each exact text once. A Workflow is never
-        # changed by a run (expressions resolve into copies), so runs can share it.
+        # changed by a run (expressions resolve into copies), so runs can share it. Only texts up to
+        # CACHED_WORKFLOW_CHARS are kept, which bounds the cache's memory whatever tenants submit.
         self._parse_json = functools.lru_cache(maxsize=256)(self._parse_uncached)
 
     @property
@@ -422,7 +423,9 @@ class Worker:
 
     def _workflow(self, env: tasks_pb2.TaskEnvelope, workflow_json: str) -> Workflow:
         if workflow_json:
-            return self._parse_json(workflow_json)
+            if len(workflow_json) <= CACHED_WORKFLOW_CHARS:
+                return self._parse_json(workflow_json)
+            return self._parse_uncached(workflow_json)
         if env.template:
             return parse_workflow(load_template(env.template), known_ops=self._engine.catalogue)
         raise InvalidInputError("the envelope has neither a workflow nor a template")

@@ -79,7 +79,9 @@ class ExecutorCatalogue:
         return workflow, str(workflow.name), workflow_operations(workflow)
 
     def check_workflow(self, workflow_json: str, inputs: dict[str, Any]) -> tuple[str, frozenset[str]]:
-        workflow, name, operations = self._parsed(workflow_json)
+        # Only small texts are kept (as in the executor), which bounds the cache's memory whatever is submitted.
+        parse = self._parsed if len(workflow_json) <= self._dsl.CACHED_WORKFLOW_CHARS else self._parse
+        workflow, name, operations = parse(workflow_json)
         workflow.bind_inputs(inputs)
         return name, operations
 
