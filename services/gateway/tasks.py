@@ -291,8 +291,8 @@ class TaskService:
         on its "done" signal with the read of the outcome pipelined behind.
         """
         record = await self._require(tenant, task_id)
-        if wait_s > 0 and record.status not in TERMINAL:
-            record = await self._wait_until_ended(tenant, task_id, min(wait_s, MAX_WAIT_S), record)
+        if wait_s > 0:
+            record = await self.wait(record, wait_s)
         if steps:
             record.steps = await self._redis_call("taskstore.steps", self._store.steps, tenant, task_id)
         return record
