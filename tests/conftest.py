@@ -20,6 +20,9 @@ from redis.asyncio import Redis
 
 from services.common.redis_client import open_redis
 from services.common.topology import Topology
+from services.simulator.app import Simulator
+from services.simulator.app import start as start_simulator
+from services.simulator.settings import SimulatorSettings
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -97,6 +100,16 @@ async def amqp(
     channel = await connection.channel()
     await topology.delete(channel)
     await connection.close()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    """The provider simulator on a free loopback port."""
+    simulator = await start_simulator(SimulatorSettings(host="127.0.0.1", port=0))
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
 
 
 @pytest.fixture

@@ -18,8 +18,6 @@ from services.executor.context import OpContext
 from services.router.bootstrap import RouterApp, build
 from services.router.settings import RouterSettings
 from services.simulator.app import Simulator
-from services.simulator.app import start as start_simulator
-from services.simulator.settings import SimulatorSettings
 from tests.unit.ops.harness import ctx_for, run_op
 
 pytestmark = pytest.mark.integration
@@ -29,13 +27,6 @@ PERSON = {
     "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
     "required": ["name", "age"],
 }
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start_simulator(SimulatorSettings(host="127.0.0.1", port=0))
-    yield simulator
-    await simulator.stop()
 
 
 @pytest.fixture

@@ -33,8 +33,6 @@ from services.router.bootstrap import RouterApp
 from services.router.bootstrap import build as build_router
 from services.router.settings import RouterSettings
 from services.simulator.app import Simulator
-from services.simulator.app import start as start_simulator
-from services.simulator.settings import SimulatorSettings
 
 
 @dataclass
@@ -82,13 +80,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )
     _save(directory, "expired", *expired)
     return Pki(directory, directory / "ca.pem")
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start_simulator(SimulatorSettings(host="127.0.0.1", port=0))
-    yield simulator
-    await simulator.stop()
 
 
 def _router_settings(sim: Simulator, **extra: Any) -> RouterSettings:

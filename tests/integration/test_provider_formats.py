@@ -11,7 +11,7 @@ from services.router.chat import ChatDelta, ChatRequest, Message, ToolCall
 from services.router.providers import ProviderAdapter, build_adapters
 from services.router.providers.base import ContextWindowError, HttpPool, ProviderError, ProviderRejectedError
 from services.router.registry import ModelSpec, SpecContext, build_spec
-from services.simulator import Simulator, SimulatorSettings, start
+from services.simulator import Simulator
 
 pytestmark = pytest.mark.integration
 
@@ -29,15 +29,6 @@ TOOLS = [
 ]
 FORCE = {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
 PROMPT = "Summarise this please\nsecond line here"
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start(SimulatorSettings(host="127.0.0.1", port=0))
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
 
 
 @pytest.fixture

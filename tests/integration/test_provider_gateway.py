@@ -19,20 +19,13 @@ from services.gateway import GatewayApp, GatewaySettings, build, mint_token
 from services.router.bootstrap import RouterApp
 from services.router.bootstrap import build as build_router
 from services.router.settings import RouterSettings
-from services.simulator import Simulator, SimulatorSettings, start
+from services.simulator import Simulator
 
 pytestmark = pytest.mark.integration
 
 SECRET = "integration-test-secret-0123456789abcdef"
 MODEL = "sim-embed"  # served by the simulator in the router's default model table
 Stub = Any  # the generated RouterServiceStub (generated code is not type-checked)
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start(SimulatorSettings(host="127.0.0.1", port=0))
-    yield simulator
-    await simulator.stop()
 
 
 @pytest.fixture

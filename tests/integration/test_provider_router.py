@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from openclaw.v1 import router_pb2, router_pb2_grpc
 from services.router.bootstrap import RouterApp, build
 from services.router.settings import RouterSettings
-from services.simulator import Simulator, SimulatorSettings, start
+from services.simulator import Simulator
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +33,6 @@ TOOLS: list[Any] = [
         },
     }
 ]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start(SimulatorSettings(host="127.0.0.1", port=0))
-    yield simulator
-    await simulator.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from services.simulator import Simulator, SimulatorSettings, start
+from services.simulator import Simulator
 
 pytestmark = [
     pytest.mark.integration,
@@ -19,15 +19,6 @@ pytestmark = [
 ]
 
 PROMPT = "Summarise this please"
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start(SimulatorSettings(host="127.0.0.1", port=0))
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
 
 
 @pytest.fixture

@@ -11,21 +11,12 @@ import openai
 import pytest
 from openai import AsyncAzureOpenAI
 
-from services.simulator import SIMULATED_HEADER, Simulator, SimulatorSettings, start
+from services.simulator import SIMULATED_HEADER, Simulator
 
 pytestmark = pytest.mark.integration
 
 USER: Any = {"role": "user", "content": "Summarise this please"}
 API_VERSION = "2024-10-21"
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start(SimulatorSettings(host="127.0.0.1", port=0))
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
 
 
 @pytest.fixture

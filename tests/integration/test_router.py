@@ -40,8 +40,6 @@ from services.router.bootstrap import RouterApp, build
 from services.router.servicer import is_loopback
 from services.router.settings import RouterSettings
 from services.simulator.app import Simulator
-from services.simulator.app import start as start_simulator
-from services.simulator.settings import SimulatorSettings
 
 Stub: TypeAlias = Any  # the generated RouterServiceStub (generated code is not type-checked)
 
@@ -61,13 +59,6 @@ def settings_for(sim: Simulator, **overrides: Any) -> RouterSettings:
         **overrides,
     }
     return RouterSettings(**values)
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start_simulator(SimulatorSettings(host="127.0.0.1", port=0))
-    yield simulator
-    await simulator.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from services.common.audit import AuditLog
 from services.common.settings import DEV_AUDIT_KEY
-from tests.integration.test_router_metering import CATALOGUE, MakeRouter, chat, make_router, sim  # noqa: F401
+from tests.integration.test_router_metering import CATALOGUE, MakeRouter, chat, make_router  # noqa: F401
 
 pytestmark = pytest.mark.integration
 

@@ -20,18 +20,9 @@ from openclaw.v1 import router_pb2, router_pb2_grpc
 from services.router.bootstrap import RouterApp, build
 from services.router.settings import RouterSettings
 from services.simulator.app import Simulator
-from services.simulator.app import start as start_simulator
-from services.simulator.settings import SimulatorSettings
 
 Stub: TypeAlias = Any  # the generated RouterServiceStub (generated code is not type-checked)
 MakeRouter: TypeAlias = Callable[..., Awaitable[tuple[RouterApp, Stub]]]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start_simulator(SimulatorSettings(host="127.0.0.1", port=0))
-    yield simulator
-    await simulator.stop()
 
 
 @pytest.fixture

@@ -24,19 +24,10 @@ import pytest
 from openclaw.v1 import router_pb2, router_pb2_grpc
 from services.router.bootstrap import RouterApp, build
 from services.simulator.app import Simulator
-from services.simulator.app import start as start_simulator
-from services.simulator.settings import SimulatorSettings
 from tests.integration.test_router import chat_request, metric, set_behaviour, settings_for, wait_for
 
 Stub = Any
 SAMPLES = 100
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start_simulator(SimulatorSettings(host="127.0.0.1", port=0))
-    yield simulator
-    await simulator.stop()
 
 
 @pytest.fixture

@@ -25,8 +25,6 @@ from services.router.bootstrap import RouterApp, build
 from services.router.chat import ChatRequest, Message
 from services.router.qos import QuotaExceededError, RetryBudget
 from services.simulator.app import Simulator
-from services.simulator.app import start as start_simulator
-from services.simulator.settings import SimulatorSettings
 from tests.integration.test_router import (
     Upstream,
     chat_request,
@@ -39,13 +37,6 @@ from tests.integration.test_router import (
 
 Stub = Any
 MakeRouter = Callable[..., Awaitable[RouterApp]]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start_simulator(SimulatorSettings(host="127.0.0.1", port=0))
-    yield simulator
-    await simulator.stop()
 
 
 @pytest.fixture

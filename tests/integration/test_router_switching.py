@@ -22,8 +22,6 @@ from openclaw.v1 import router_pb2, router_pb2_grpc
 from services.common.redis_client import open_redis
 from services.router.bootstrap import RouterApp, build
 from services.simulator.app import Simulator
-from services.simulator.app import start as start_simulator
-from services.simulator.settings import SimulatorSettings
 from tests.integration.test_router import chat_request, set_behaviour, settings_for, wait_for
 
 Stub = Any
@@ -43,13 +41,6 @@ def table(sim: Simulator, *deployments: str, broken: bool = False) -> str:
         "    deployments:\n"
         f"{rows}"
     )
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start_simulator(SimulatorSettings(host="127.0.0.1", port=0))
-    yield simulator
-    await simulator.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from services.common import rpc
 from services.common.errors import ResourceExhaustedError
-from tests.integration.test_router_metering import CATALOGUE, MakeRouter, chat, make_router, sim  # noqa: F401
+from tests.integration.test_router_metering import CATALOGUE, MakeRouter, chat, make_router  # noqa: F401
 
 pytestmark = pytest.mark.integration
 

@@ -43,15 +43,6 @@ DEEP = _nested(140)
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start(SimulatorSettings(host="127.0.0.1", port=0))
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
-
-
-@pytest.fixture
 async def oai(sim: Simulator) -> AsyncIterator[AsyncOpenAI]:
     client = AsyncOpenAI(base_url=f"{sim.url}/v1", api_key="sim", max_retries=0)
     try:

@@ -15,7 +15,7 @@ from services.router.chat import ChatRequest, Message, ToolCall
 from services.router.providers import ProviderAdapter, build_adapters
 from services.router.providers.base import HttpPool
 from services.router.registry import ModelSpec, SpecContext, build_spec
-from services.simulator import Simulator, SimulatorSettings, start
+from services.simulator import Simulator
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +35,6 @@ TOOLS = [
 WEATHER = {"city": "Paris", "days": 2, "units": {"temp": "C"}, "tags": ["rain", "wind"], "exact": True}
 TIME = {"zone": "Europe/Paris", "format": "24h"}
 SCRIPT = f"be brief\nsim-call: get_weather {json.dumps(WEATHER)}\nsim-call: get_time {json.dumps(TIME)}"
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start(SimulatorSettings(host="127.0.0.1", port=0))
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
 
 
 @pytest.fixture
